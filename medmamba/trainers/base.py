@@ -1,0 +1,244 @@
+"""MedmambaTrainer: the one nnUNetTrainer subclass every medmamba network trains through.
+
+A network's trainer only says how to turn nnU-Net's plan into the network's constructor arguments
+(`network_kwargs`); optimiser, schedule, AMP policy, clipping and budget come from its preset. Concrete
+classes are made per (network, profile) by `make_trainer`, so nnU-Net's results folder name tells the
+profile apart and no trainer lookup by name (which imports timm) is ever needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+import medmamba
+from medmamba.checkpoint import load_checkpoint
+from medmamba.presets import load_preset
+from medmamba.registry import _resolve, get_network
+
+SIDECAR = "medmamba.json"
+
+
+class MedmambaTrainer(nnUNetTrainer):
+    """nnU-Net trainer driven by a medmamba preset; with no network class it trains nnU-Net's own U-Net."""
+
+    network_name: ClassVar[str] = "nnunet"
+    network_class_path: ClassVar[str | None] = None
+    preset: ClassVar[dict[str, Any]] = load_preset("nnunet")
+
+    # set by the caller (CLI progress bars); not part of nnU-Net's state
+    on_iteration: Callable[[int, float], None] | None = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    verbose: bool = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        apply_limits(plans, configuration, self.preset.get("limits", {}))
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        t = self.preset["training"]
+        self.initial_lr = float(t["initial_lr"])
+        self.weight_decay = float(t["weight_decay"])
+        self.num_epochs = int(t["num_epochs"])
+        self.num_iterations_per_epoch = int(t["num_iterations_per_epoch"])
+        self.num_val_iterations_per_epoch = int(t["num_val_iterations_per_epoch"])
+        self.save_every = int(t["save_every"])
+        self.enable_deep_supervision = bool(t["deep_supervision"])
+        self.use_amp = bool(t["amp"]) and self.device.type == "cuda"
+        if not self.use_amp:
+            self.grad_scaler = None
+
+    # ---- network -------------------------------------------------------------------------------
+    @classmethod
+    def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict[str, Any]:
+        """Constructor kwargs for the network: the plan's stage geometry plus the preset's architecture."""
+        arch = configuration_manager.network_arch_init_kwargs
+        return {
+            "strides": [list(s) for s in arch["strides"]],
+            "kernel_sizes": [list(k) for k in arch["kernel_sizes"]],
+            "features_per_stage": list(arch["features_per_stage"]),
+            "patch_size": list(configuration_manager.patch_size),
+            **cls.preset["architecture"],
+        }
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager,
+                                   configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Build from the plan; nnU-Net calls this in training and we call it again for inference."""
+        if cls.network_class_path is None:
+            return nnUNetTrainer.build_network_architecture(
+                plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                enable_deep_supervision)
+        net_cls = _resolve(cls.network_class_path)
+        return net_cls(num_input_channels, num_output_channels, enable_deep_supervision,
+                       **cls.network_kwargs(configuration_manager))
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.preset["training"]
+        params = self.network.parameters()
+        if t["optimizer"] == "sgd":
+            opt = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
+                                  momentum=0.99, nesterov=True)
+        elif t["optimizer"] == "adam":
+            opt = torch.optim.Adam(params, self.initial_lr, weight_decay=self.weight_decay)
+        elif t["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(params, self.initial_lr, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer '{t['optimizer']}' in preset {self.preset['name']}")
+        if t["schedule"] == "poly":
+            sched = PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
+        elif t["schedule"] == "constant":
+            sched = _ConstantLR(opt, self.initial_lr)
+        else:
+            raise ValueError(f"unknown schedule '{t['schedule']}' in preset {self.preset['name']}")
+        return opt, _Warmup(sched, opt, self.initial_lr, int(t.get("warmup_epochs", 0)))
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step with the preset's AMP policy and clipping; reports each iteration."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = torch.autocast(self.device.type, enabled=True) if self.use_amp else dummy_context()
+        with ctx:
+            loss = self.loss(self.network(data), target)
+        clip = float(self.preset["training"]["grad_clip"])
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.optimizer.step()
+        value = float(loss.detach().cpu())
+        if self.on_iteration is not None:
+            self.on_iteration(self.current_epoch, value)
+        return {"loss": np.array(value)}
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def on_train_start(self):
+        super().on_train_start()
+        write_sidecar(Path(self.output_folder_base), self)
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        super().on_epoch_end()
+        if self.on_epoch is not None:
+            log = self.logger.get_checkpoint()
+            self.on_epoch({
+                "epoch": epoch,
+                "train_loss": float(log["train_losses"][-1]),
+                "val_loss": float(log["val_losses"][-1]),
+                "pseudo_dice": [float(x) for x in log["dice_per_class_or_region"][-1]],
+                "ema_fg_dice": float(log["ema_fg_dice"][-1]),
+            })
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """Resume safely: our own loader (weights_only=True) instead of nnU-Net's pickle load."""
+        if isinstance(filename_or_checkpoint, str | Path):
+            filename_or_checkpoint = load_checkpoint(filename_or_checkpoint, map_location=self.device)
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
+        super().print_to_log_file(*args, also_print_to_console=also_print_to_console and self.verbose,
+                                  add_timestamp=add_timestamp)
+
+    def plot_network_architecture(self):
+        """Skipped: needs hiddenlayer/graphviz and costs a forward pass; nothing depends on the PDF."""
+
+
+class _ConstantLR:
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float):
+        self.optimizer, self.lr = optimizer, lr
+
+    def step(self, epoch: int | None = None) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr
+
+
+class _Warmup:
+    """Linear warm-up over the first epochs, then the wrapped schedule (xLSTM nets need it)."""
+
+    def __init__(self, inner: Any, optimizer: torch.optim.Optimizer, lr: float, epochs: int):
+        self.inner, self.optimizer, self.lr, self.epochs = inner, optimizer, lr, epochs
+
+    def step(self, current_step: int | None = None) -> None:
+        self.inner.step(current_step)
+        if current_step is not None and current_step < self.epochs:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.lr * (current_step + 1) / (self.epochs + 1)
+
+
+def apply_limits(plans: dict, configuration: str, limits: dict[str, Any]) -> None:
+    """Cap patch and batch size in-place (the `cpu` profile), keeping the patch divisible by the strides."""
+    if not limits:
+        return
+    cfg = plans["configurations"][configuration]
+    if "max_batch_size" in limits:
+        cfg["batch_size"] = int(min(cfg["batch_size"], limits["max_batch_size"]))
+    if "max_patch_size" in limits:
+        strides = cfg["architecture"]["arch_kwargs"]["strides"]
+        total = [math.prod(s[a] for s in strides) for a in range(len(cfg["patch_size"]))]
+        cap = limits["max_patch_size"]
+        cap = [cap] * len(total) if isinstance(cap, int) else cap
+        cfg["patch_size"] = [
+            max(t, min(p, (c // t) * t)) for p, c, t in zip(cfg["patch_size"], cap, total, strict=True)
+        ]
+
+
+def make_trainer(network: str, profile: str = "default",
+                 preset: dict[str, Any] | None = None) -> type[MedmambaTrainer]:
+    """The concrete trainer class for (network, profile); pass `preset` to rebuild a trained model exactly."""
+    spec = get_network(network)
+    base = spec.trainer_class()
+    preset = preset if preset is not None else load_preset(spec.preset, profile)
+    name = base.__name__ if profile == "default" else f"{base.__name__}_{profile}"
+    return type(name, (base,), {
+        "network_name": network,
+        "network_class_path": spec.network,
+        "preset": preset,
+        "__module__": base.__module__,
+    })
+
+
+def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
+    """medmamba.json next to nnU-Net's plans.json: everything needed to rebuild the network."""
+    info = {
+        "network": trainer.network_name,
+        "profile": trainer.preset["profile"],
+        "preset": trainer.preset,
+        "trainer_name": type(trainer).__name__,
+        "configuration": trainer.configuration_name,
+        "medmamba_version": medmamba.__version__,
+    }
+    tmp = model_dir / (SIDECAR + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(model_dir / SIDECAR)
+
+
+def trainer_from_sidecar(model_dir: Path) -> tuple[type[MedmambaTrainer], dict[str, Any]]:
+    """Rebuild the trainer class a model folder was trained with, from its medmamba.json."""
+    path = Path(model_dir) / SIDECAR
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; not a medmamba model folder")
+    info = json.loads(path.read_text())
+    return make_trainer(info["network"], info["profile"], preset=info["preset"]), info
