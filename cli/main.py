@@ -1,0 +1,83 @@
+"""The `medmamba` command: dataset, plan, train, predict, evaluate, report, and a one-shot demo."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Annotated
+
+import typer
+
+from . import dataset, pipeline
+from .common import WorkdirOption, console, handle_errors
+
+app = typer.Typer(
+    name="medmamba",
+    help="Mamba and xLSTM networks for 3D medical image segmentation on nnU-Net v2 (CPU and GPU).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dataset.app, name="dataset")
+app.command("plan", epilog="Examples:  medmamba plan Phantoms  |  medmamba plan 4 --workdir /data/mm")(pipeline.plan)
+app.command("train", epilog="Examples:  medmamba train Phantoms  |  medmamba train 4 --network lightm_unet "
+            "--preset cpu --fold 0  |  medmamba train 4 --continue")(pipeline.train)
+app.command("predict", epilog="Example:  medmamba predict -i scans/ -o labels/ -m "
+            "medmamba_work/results/Dataset500_Phantoms/MedmambaTrainer_cpu__nnUNetPlans__3d_fullres")(pipeline.predict)
+app.command("evaluate", epilog="Example:  medmamba evaluate refs/ labels/ -o labels/summary.json")(pipeline.evaluate)
+app.command("networks", epilog="Example:  medmamba networks")(pipeline.networks)
+
+# commands contributed by optional modules (each exposes one function named like the command)
+for _module, _command in (("report", "report"), ("bundle", "export"), ("benchmark", "benchmark")):
+    try:
+        _mod = importlib.import_module(f"medmamba.cli.{_module}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"medmamba.cli.{_module}":
+            raise
+        continue
+    app.command(_command, epilog=getattr(_mod, "EPILOG", None))(getattr(_mod, _command))
+
+
+@app.command("demo", epilog="Examples:  medmamba demo  |  medmamba demo --network lightm_unet --workdir /tmp/mm")
+@handle_errors
+def demo(
+    network: Annotated[str, typer.Option(help="Registered network to train.")] = "nnunet",
+    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 20,
+    test_cases: Annotated[int, typer.Option(help="Held-out phantoms for the final Dice.")] = 6,
+    size: Annotated[int, typer.Option(help="Phantom edge length in voxels.")] = 40,
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override iterations per epoch.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workdir: WorkdirOption = None,
+) -> None:
+    """The whole loop on built-in phantoms: synth -> plan -> train -> predict -> evaluate."""
+    from medmamba.workspace import open_workspace
+
+    start = time.perf_counter()
+    ws = open_workspace(workdir)
+    name = "DemoPhantoms"
+    dataset.synth(name, cases, test_cases, size, seed=0, anisotropic=False, dataset_id=None, overwrite=True,
+                  workdir=ws.root)
+    pipeline.plan(name, processes=1, verify=True, gpu_memory_gb=None, verbose=False, workdir=ws.root)
+    pipeline.train(name, network=network, fold="all", preset="auto", epochs=epochs, iterations=iterations,
+                   device=device, continue_training=False, validate=False, verbose=False, workdir=ws.root)
+    from medmamba.plan import dataset_name
+
+    raw = ws.raw / dataset_name(name)
+    from medmamba.registry import get_network
+
+    trainer_prefix = get_network(network).trainer.rpartition(".")[2]
+    model_dir = next(p for p in ws.results.joinpath(raw.name).glob(f"{trainer_prefix}*__nnUNetPlans__3d_fullres"))
+    pred = ws.root / "demo_predictions" / network
+    pipeline.predict(raw / "imagesTs", pred, model_dir, folds=None, tta=None, device=device, step_size=0.5)
+    pipeline.evaluate(raw / "labelsTs", pred, pred / "summary.json", labels=None)
+    console.print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

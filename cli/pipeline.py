@@ -1,0 +1,167 @@
+"""`medmamba plan | train | predict | evaluate`: thin wrappers over medmamba's pipeline functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .common import WorkdirOption, console, err_console, fail, handle_errors, progress_bar
+
+
+@handle_errors
+def plan(
+    dataset: Annotated[str, typer.Argument(help="Dataset id, name or DatasetXXX_Name in the workspace.")],
+    processes: Annotated[int, typer.Option(help="Worker processes (1 is fastest on 2 cores).")] = 1,
+    verify: Annotated[bool, typer.Option(help="Check dataset integrity first.")] = True,
+    gpu_memory_gb: Annotated[float | None, typer.Option(help="GPU memory target for planning "
+                                                        "(smaller = smaller patch and batch).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Fingerprint, plan and preprocess a dataset (3d_fullres) with nnU-Net."""
+    from medmamba.plan import plan_dataset
+    from medmamba.train import quiet
+    from medmamba.workspace import open_workspace
+
+    ws = open_workspace(workdir)
+    with console.status(f"planning {dataset} (fingerprint, plan, preprocess)"), quiet(not verbose):
+        summary = plan_dataset(ws, dataset, processes, verify, gpu_memory_gb)
+    table = Table(title="nnU-Net plan", show_header=False)
+    for key, value in summary.rows():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@handle_errors
+def train(
+    dataset: Annotated[str, typer.Argument(help="Planned dataset id or name.")],
+    network: Annotated[str, typer.Option(help="Registered network (see `medmamba networks`).")] = "nnunet",
+    fold: Annotated[str, typer.Option(help="Cross-validation fold 0-4, or 'all'.")] = "0",
+    preset: Annotated[str, typer.Option(help="Preset profile: auto (cpu on CPU), default, cpu.")] = "auto",
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's number of epochs.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override iterations per epoch.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    continue_training: Annotated[bool, typer.Option("--continue", help="Resume from the latest checkpoint.")] = False,
+    validate: Annotated[bool, typer.Option(help="Predict the fold's validation cases at the end.")] = True,
+    verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Train a network with nnU-Net's training loop; writes the usual nnU-Net results folder."""
+    from medmamba.train import train_model
+    from medmamba.workspace import open_workspace
+
+    ws = open_workspace(workdir)
+    with progress_bar() as bar:
+        state: dict[str, Any] = {}
+
+        def on_start(trainer: Any) -> None:
+            state["task"] = bar.add_task(_epoch_label(trainer.current_epoch, trainer.num_epochs, None),
+                                         total=trainer.num_iterations_per_epoch)
+            state["epochs"] = trainer.num_epochs
+
+        def on_iteration(epoch: int, loss: float) -> None:
+            bar.update(state["task"], advance=1, description=_epoch_label(epoch, state["epochs"], state.get("last"),
+                                                                             loss))
+
+        def on_epoch(info: dict[str, Any]) -> None:
+            state["last"] = info
+            console.print(f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}  val loss "
+                          f"{info['val_loss']:.4f}  pseudo-Dice {', '.join(f'{d:.3f}' for d in info['pseudo_dice'])}",
+                          highlight=False)
+            bar.reset(state["task"], description=_epoch_label(info["epoch"] + 1, state["epochs"], info))
+
+        result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,
+                             validate, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
+                             verbose=verbose)
+    console.print(f"model folder: {result.model_dir}")
+    if result.validation is not None:
+        console.print(f"validation foreground mean Dice: {result.validation['foreground_mean']['Dice']:.4f}")
+
+
+def _epoch_label(epoch: int, total: int, last: dict[str, Any] | None, loss: float | None = None) -> str:
+    text = f"epoch {min(epoch, total - 1) + 1}/{total}"
+    if loss is not None:
+        text += f" loss {loss:.3f}"
+    if last is not None:
+        text += f" | pseudo-Dice {sum(last['pseudo_dice']) / len(last['pseudo_dice']):.3f}"
+    return text
+
+
+@handle_errors
+def predict(
+    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of NIfTI images (CASE_0000.nii.gz or "
+                                            "CASE.nii.gz for one channel).")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for CASE.nii.gz label maps.")],
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (printed by train).")],
+    folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to ensemble [default: all].")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation "
+                                             "[default: on for GPU, off for CPU].", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    step_size: Annotated[float, typer.Option(help="Sliding-window step as a fraction of the patch.")] = 0.5,
+) -> None:
+    """Segment a folder of images; labels are written on each input's own grid."""
+    from medmamba.predict import predict_folder
+
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=None)
+
+        def on_case(case: str, error: str | None) -> None:
+            bar.advance(task)
+            if error:
+                err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+
+        result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case)
+    console.print(f"{len(result.written)} case(s) written to {output_dir}, {len(result.failed)} failed")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@handle_errors
+def evaluate(
+    ref_dir: Annotated[Path, typer.Argument(help="Reference label folder.")],
+    pred_dir: Annotated[Path, typer.Argument(help="Prediction folder (same file names).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="summary.json to write "
+                                                "[default: PRED_DIR/summary.json].")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels [default: those in the references].")]
+    = None,
+) -> None:
+    """Dice and IoU per case and label (nnU-Net's evaluation), written as nnU-Net's summary.json."""
+    from medmamba.evaluate import evaluate_folders
+
+    label_list = [int(x) for x in labels.split(",")] if labels else None
+    out = output or Path(pred_dir) / "summary.json"
+    summary = evaluate_folders(ref_dir, pred_dir, out, label_list)
+    print_summary(summary)
+    console.print(f"wrote {out}")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Short table: per-label mean Dice/IoU and the foreground mean."""
+    table = Table(title=f"{len(summary['metric_per_case'])} case(s)")
+    table.add_column("label")
+    table.add_column("Dice", justify="right")
+    table.add_column("IoU", justify="right")
+    for label, metrics in summary["mean"].items():
+        table.add_row(str(label), f"{metrics['Dice']:.4f}", f"{metrics['IoU']:.4f}")
+    fg = summary["foreground_mean"]
+    table.add_row("foreground mean", f"{fg['Dice']:.4f}", f"{fg['IoU']:.4f}", style="bold")
+    console.print(table)
+
+
+def networks() -> None:
+    """List the registered networks."""
+    from medmamba.registry import NETWORKS
+
+    table = Table(title="registered networks")
+    table.add_column("name")
+    table.add_column("preset")
+    table.add_column("description")
+    for spec in NETWORKS.values():
+        table.add_row(spec.name, spec.preset, spec.description)
+    console.print(table)
+
+
+__all__ = ["evaluate", "fail", "networks", "plan", "predict", "train"]

@@ -1,0 +1,124 @@
+"""Train a registered network on a planned dataset through nnU-Net's training loop."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmamba.errors import MedmambaError
+from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
+from medmamba.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the trained model lives and how it scored on its validation cases."""
+
+    model_dir: Path
+    fold_dir: Path
+    epochs_done: int
+    validation: dict[str, Any] | None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """auto -> cuda when available, else cpu; an explicit cuda request without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MedmambaError("--device cuda: no CUDA GPU is available on this machine")
+    if device not in ("cpu", "cuda"):
+        raise MedmambaError(f"--device {device}: choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _env(key: str, value: str) -> Iterator[None]:
+    """Set an environment variable for a block unless the user set it already."""
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Swallow nnU-Net's console chatter (its log file keeps everything)."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold: str | int = 0,
+                preset: str = "auto", epochs: int | None = None, iterations: int | None = None,
+                device: str = "auto", continue_training: bool = False, validate: bool = True,
+                on_start: Callable[[Any], None] | None = None,
+                on_iteration: Callable[[int, float], None] | None = None,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False) -> TrainResult:
+    """Construct the trainer class directly (no lookup by name), train, and run nnU-Net's validation."""
+    from medmamba.trainers.base import make_trainer
+
+    name = dataset_name(dataset)
+    plans_file = ws.preprocessed / name / f"{PLANS_NAME}.json"
+    if not plans_file.is_file():
+        raise MedmambaError(f"{plans_file}: missing; run `medmamba plan {name}` first")
+    plans = json.loads(plans_file.read_text())
+    dataset_json = json.loads((ws.preprocessed / name / "dataset.json").read_text())
+    dev = resolve_device(device)
+    profile = ("cpu" if dev.type == "cpu" else "default") if preset == "auto" else preset
+    trainer_cls = make_trainer(network, profile)
+    fold_arg: int | str = fold if fold == "all" else int(fold)
+    plans["continue_training"] = continue_training
+    with quiet(not verbose):
+        trainer = trainer_cls(plans, CONFIGURATION, fold_arg, dataset_json, dev)
+    trainer.verbose = verbose
+    if epochs is not None:
+        trainer.num_epochs = int(epochs)
+    if iterations is not None:
+        trainer.num_iterations_per_epoch = int(iterations)
+    trainer.on_iteration = on_iteration
+    trainer.on_epoch = on_epoch
+
+    fold_dir = Path(trainer.output_folder)
+    if continue_training:
+        ckpt = next((fold_dir / f for f in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+                     if (fold_dir / f).is_file()), None)
+        if ckpt is None:
+            raise MedmambaError(f"{fold_dir}: --continue given but no checkpoint to resume from")
+        with quiet(not verbose):
+            trainer.load_checkpoint(str(ckpt))
+    if on_start is not None:
+        on_start(trainer)
+    # 0 augmentation workers is fastest on small CPUs, but 0 crashes planning: set it only here
+    # no stdout redirection here: the caller's progress bar draws while the loop runs
+    with _env("nnUNet_n_proc_DA", "0"):
+        trainer.run_training()
+        validation = None
+        if validate:
+            trainer.perform_actual_validation(False)
+            summary = fold_dir / "validation" / "summary.json"
+            validation = json.loads(summary.read_text()) if summary.is_file() else None
+    _maybe_training_report(fold_dir)
+    return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, validation)
+
+
+def _maybe_training_report(fold_dir: Path) -> None:
+    """Loss and pseudo-Dice curves next to nnU-Net's progress.png, when the report module is present."""
+    try:
+        from medmamba.report import write_training_report  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    write_training_report(fold_dir)
