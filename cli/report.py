@@ -8,6 +8,11 @@ import typer
 
 from medmamba.errors import MedmambaError
 
+from .common import console, handle_errors, progress_bar
+
+EPILOG = ("Examples:  medmamba report --ref labelsTs/ --pred preds/ --images imagesTs/ -o report/ --pdf  |  "
+          "medmamba report --ref labelsTs/ --pred nnunet=p1/ --pred umamba=p2/ --baseline nnunet -o cmp/")
+
 
 def _labels(text: str | None) -> list[int] | None:
     if not text:
@@ -35,6 +40,7 @@ def _tolerances(items: list[str]) -> float | dict[int, float]:
     return {0: default, **per}  # 0 is the fallback for labels not named (background is never scored)
 
 
+@handle_errors
 def report(
     ref: Path = typer.Option(..., "--ref", help="Folder of reference label maps (CASE.nii.gz)."),
     pred: list[str] = typer.Option(..., "--pred", help="Prediction folder, or NAME=DIR; repeat to compare networks."),
@@ -57,16 +63,19 @@ def report(
 ) -> None:
     """Metrics (Dice, IoU, HD95, ASSD, NSD, volumes, components) and an HTML/PDF report; compares networks."""
     from medmamba.report import build_report
+    from medmamba.report.build import parse_pred_dirs
+    from medmamba.report.cases import list_cases
 
-    try:
-        result = build_report(ref, pred, out, images_dir=images, pdf=pdf, baseline=baseline, labels=_labels(labels),
+    nets = parse_pred_dirs(pred)
+    total = len(set().union(*[set(list_cases(d, f"prediction ({n})")) for n, d in nets.items()]))
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("scoring cases", total=total)
+        result = build_report(ref, nets, out, images_dir=images, pdf=pdf, baseline=baseline, labels=_labels(labels),
                               nsd_tolerance_mm=_tolerances(nsd_tol), empty_policy=empty_policy,
-                              connectivity=connectivity, max_overlays=max_overlays, title=title)
-    except MedmambaError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+                              connectivity=connectivity, max_overlays=max_overlays, title=title,
+                              on_case=lambda _case: bar.advance(task))
     written = [result.csv, *result.summaries.values(), result.html]
     written += [p for p in (result.comparison, result.pdf) if p is not None]
-    typer.echo(f"{result.n_cases} cases scored in {result.seconds:.1f} s; wrote:")
+    console.print(f"{result.n_cases} cases scored in {result.seconds:.1f} s; wrote:", highlight=False)
     for p in written:
-        typer.echo(f"  {p}")
+        console.print(f"  {p}", highlight=False, soft_wrap=True)

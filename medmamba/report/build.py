@@ -181,8 +181,7 @@ def _overlays(data: ReportData, images_dir: Path | None, max_overlays: int, dpi:
             vol = read_volume(img_path, labels=False)
             image = vol.array.astype(np.float32) if vol.array.shape == ref.array.shape else None
         ov = F.extract_slices(r.case, image, ref.array, preds, r.slices, ref.spacing, F.plane_names(ref.direction))
-        fig = F.overlay_figure(ov, labels)
-        data.overlays.append((r.case, F.to_png(fig, dpi), _caption(r, data.nets, data.cases)))
+        data.overlays.append((r.case, F.overlay_png(ov, labels), _caption(r, data.nets, data.cases)))
         data.overlay_slices.append(ov)
         data.overlay_ids[r.case] = f"case-{i + 1}"
 
@@ -225,7 +224,8 @@ def _pdf_bytes(data: ReportData) -> bytes:
             pdf.savefig(F.table_figure(f"Cases, worst first ({k + 1}–{min(k + 30, len(rows))} of {len(rows)})",
                                        cols, rows[k:k + 30]))
         for k in range(0, len(data.overlay_slices), 4):
-            pdf.savefig(F.overlay_page(data.overlay_slices[k:k + 4], labels))
+            pngs = [png for _, png, _ in data.overlays[k:k + 4]]
+            pdf.savefig(F.overlay_page(data.overlay_slices[k:k + 4], pngs, data.nets))
     return buf.getvalue()
 
 

@@ -113,60 +113,91 @@ def extract_slices(title: str, image: np.ndarray | None, ref: np.ndarray, preds:
                          tuple(int(i) for i in slices), tuple(float(s) for s in spacing), tuple(planes))
 
 
-def draw_overlay_row(axes: Sequence, ov: OverlaySlices, labels: Sequence[int]) -> None:
-    """Image with reference (green, solid) and prediction contours (dashed, one colour per network).
+def _rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
 
-    One panel per numpy axis; pixel aspect follows the spacing of the two in-plane axes.
+
+def overlay_panel(ov: OverlaySlices, axis: int, labels: Sequence[int], target_px: int = 240) -> np.ndarray:
+    """RGB picture of one orientation: image (or faint reference), reference outline solid green, predictions
+    dashed in their network colour. Drawn with numpy (outline = mask minus its 2-pixel erosion after
+    nearest-neighbour upsampling), which is ~50x faster than matplotlib contours and as exact: the outline
+    follows voxel borders. Upsampling per axis follows the in-plane spacing, so pixels are square in mm.
     """
-    for axis, ax in enumerate(axes):
-        in_plane = [a for a in range(3) if a != axis]
-        aspect = ov.spacing[in_plane[0]] / ov.spacing[in_plane[1]]
-        origin = "upper" if ov.planes[axis] == "axial" else "lower"
-        if ov.image is not None:
-            ax.imshow(ov.image[axis], cmap="gray", vmin=ov.window[0], vmax=ov.window[1], aspect=aspect,
-                      origin=origin, interpolation="nearest")
-        else:  # no image given: show the reference faintly so contours have a context
-            ax.imshow(ov.ref[axis] > 0, cmap="gray", vmin=0, vmax=4, aspect=aspect, origin=origin,
-                      interpolation="nearest")
-        layers = [(ov.ref[axis], REF_COLOR, "solid", 1.6)]
-        layers += [(p[axis], net_color(j), "dashed", 1.3) for j, p in enumerate(ov.preds.values())]
-        for sl, color, style, lw in layers:
-            for lab in labels:
-                m = sl == lab
-                if m.any() and not m.all():
-                    ax.contour(m.astype(np.float32), levels=[0.5], colors=[color], linestyles=style,
-                               linewidths=lw, origin=origin)
-        ax.set_title(f"{ov.planes[axis]} (axis {axis}, slice {ov.slices[axis]})", fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    from scipy import ndimage
+
+    rows_ax, cols_ax = [a for a in range(3) if a != axis]
+    sr, sc = ov.spacing[rows_ax], ov.spacing[cols_ax]
+    ref = ov.ref[axis]
+    extent = max(ref.shape[0] * sr, ref.shape[1] * sc)
+    pix = max(extent / target_px, min(sr, sc) / 8)  # mm per output pixel, at most 8x upsampling
+    fr, fc = max(1, int(round(sr / pix))), max(1, int(round(sc / pix)))
+
+    def up(a: np.ndarray) -> np.ndarray:
+        a = np.repeat(np.repeat(a, fr, axis=0), fc, axis=1)
+        return a if ov.planes[axis] == "axial" else a[::-1]  # superior up for coronal/sagittal
+
+    if ov.image is not None:
+        lo, hi = ov.window
+        gray = np.clip((ov.image[axis].astype(np.float32) - lo) / (hi - lo), 0, 1) * 255
+    else:
+        gray = (ref > 0).astype(np.float32) * 60
+    rgb = np.repeat(up(gray.astype(np.uint8))[..., None], 3, axis=2)
+    rr, cc = np.indices(rgb.shape[:2])
+    dash = ((rr + cc) // 5) % 2 == 0
+    cross = ndimage.generate_binary_structure(2, 1)
+    layers = [(ref, _rgb(REF_COLOR), None)] + [(p[axis], _rgb(net_color(j)), dash)
+                                                for j, p in enumerate(ov.preds.values())]
+    for sl, color, pattern in layers:
+        for lab in labels:
+            m = sl == lab
+            if not m.any():
+                continue
+            m = up(m)
+            edge = m & ~ndimage.binary_erosion(m, cross, iterations=2, border_value=0)
+            if pattern is not None:
+                edge &= pattern
+            rgb[edge] = color
+    return rgb
 
 
-def _overlay_legend(fig: Figure, nets: Sequence[str]) -> None:
+def overlay_png(ov: OverlaySlices, labels: Sequence[int]) -> bytes:
+    """One case, three orientations side by side with a small caption each, as PNG bytes (Pillow)."""
+    from PIL import Image, ImageDraw
+
+    panels = [overlay_panel(ov, a, labels) for a in range(3)]
+    gap, head = 8, 14
+    h = max(p.shape[0] for p in panels) + head
+    w = sum(p.shape[1] for p in panels) + gap * 2
+    canvas = np.full((h, w, 3), 255, dtype=np.uint8)
+    x = 0
+    for p in panels:
+        canvas[head:head + p.shape[0], x:x + p.shape[1]] = p
+        x += p.shape[1] + gap
+    im = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(im)
+    x = 0
+    for a, p in enumerate(panels):
+        draw.text((x + 2, 1), f"{ov.planes[a]}  axis {a}  slice {ov.slices[a]}", fill=(40, 40, 40))
+        x += p.shape[1] + gap
+    buf = io.BytesIO()
+    im.save(buf, format="png", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def overlay_page(overlays: Sequence[OverlaySlices], pngs: Sequence[bytes], nets: Sequence[str]) -> Figure:
+    """Several cases on one PDF page, one row each (the same pictures as in the HTML)."""
+    import matplotlib.image as mpimg
+
+    fig = new_figure(8.5, 2.7 * len(overlays) + 0.6)
+    axes = fig.subplots(len(overlays), 1, squeeze=False)[:, 0]
+    for ax, ov, png in zip(axes, overlays, pngs, strict=True):
+        ax.imshow(mpimg.imread(io.BytesIO(png), format="png"), interpolation="nearest")
+        ax.set_title(ov.title, fontsize=8)
+        ax.axis("off")
     handles = [Line2D([], [], color=REF_COLOR, lw=1.6)]
     handles += [Line2D([], [], color=net_color(j), lw=1.3, ls="--") for j in range(len(nets))]
     fig.legend(handles, ["reference", *nets], loc="lower center", ncol=1 + len(nets), fontsize=8, frameon=False)
-
-
-def overlay_figure(ov: OverlaySlices, labels: Sequence[int]) -> Figure:
-    """One case: three orientations side by side, for the HTML page."""
-    fig = new_figure(9.0, 3.3)
-    draw_overlay_row(fig.subplots(1, 3), ov, labels)
-    _overlay_legend(fig, list(ov.preds))
-    fig.suptitle(ov.title, fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.84, bottom=0.1, wspace=0.04)
-    return fig
-
-
-def overlay_page(overlays: Sequence[OverlaySlices], labels: Sequence[int]) -> Figure:
-    """Several cases on one PDF page, one row each."""
-    fig = new_figure(8.5, 2.6 * len(overlays) + 0.6)
-    rows = fig.subplots(len(overlays), 3, squeeze=False)
-    for row, ov in zip(rows, overlays, strict=True):
-        draw_overlay_row(row, ov, labels)
-        row[0].set_ylabel(ov.title, fontsize=7)
-    _overlay_legend(fig, list(overlays[0].preds) if overlays else [])
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.97, bottom=0.6 / fig.get_figheight(), hspace=0.25,
-                        wspace=0.04)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.97, bottom=0.5 / fig.get_figheight(), hspace=0.2)
     return fig
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medmamba.metrics import EMPTY_POLICIES
+from medmamba.report import figures as F
 from medmamba.report.figures import METRIC_TITLES, fmt
 from medmamba.report.stats import PAIRED_METRICS, SUMMARY_METRICS, case_score
 
@@ -169,9 +170,12 @@ def render(data: Any) -> str:
     parts.append(f"<h2>Cases, worst first</h2><p class='note'>Ordered by mean Dice over labels of "
                  f"{esc(data.order_net)}; cases with no Dice (label absent everywhere) last.</p>")
     parts.append(table(cols, rows, left=2))
-    parts.append("<h2>Overlays</h2><p class='note'>Reference contour solid green, predictions dashed; the three "
-                 "orientations cut through the slices with the most voxels where prediction and reference disagree."
-                 f"{esc(data.overlay_note)}</p>")
+    legend = " ".join(f"<span style='color:{F.net_color(j)};font-weight:600'>- - {esc(n)}</span>"
+                      for j, n in enumerate(data.nets))
+    parts.append(f"<h2>Overlays</h2><p class='note'><span style='color:{F.REF_COLOR};font-weight:600'>━ reference"
+                 f"</span> {legend}<br>Outlines follow voxel borders (every label drawn in its source's colour); the "
+                 "three orientations cut through the slices with the most voxels where prediction and reference "
+                 f"disagree.{esc(data.overlay_note)}</p>")
     for case, png, caption in data.overlays:
         parts.append(f"<figure id='{esc(data.overlay_ids[case])}'>{img_tag(png, 'overlay ' + case)}"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
