@@ -234,11 +234,16 @@ def table_figure(title: str, columns: Sequence[str], rows: Sequence[Sequence[str
     ax = fig.add_axes((0.02, 0.02 if not note else 0.08, 0.96, 0.86 if not note else 0.8))
     ax.axis("off")
     if rows:
-        tab = ax.table(cellText=[list(r) for r in rows], colLabels=list(columns), loc="upper center",
-                       cellLoc="center")
+        heads = ["\n".join(c.split(" ")) if len(c) > 9 else c for c in columns]  # long headers: one word a line
+        tab = ax.table(cellText=[list(r) for r in rows], colLabels=heads, loc="upper center", cellLoc="center")
         tab.auto_set_font_size(False)
-        tab.set_fontsize(7)
+        tab.set_fontsize(7 if len(columns) < 12 else 6)
+        tab.auto_set_column_width(list(range(len(columns))))
         tab.scale(1, 1.15)
+        lines = max(h.count("\n") + 1 for h in heads)
+        for (row, _), cell in tab.get_celld().items():
+            if row == 0:
+                cell.set_height(cell.get_height() * (0.3 + 0.7 * lines))
     fig.suptitle(title, fontsize=11)
     if note:
         fig.text(0.02, 0.02, note, fontsize=7, wrap=True)
@@ -280,6 +285,10 @@ def training_curves(epochs: Sequence[int], train_loss: Sequence[float], val_loss
     ax_dice.grid(alpha=0.3)
     if len(lrs):
         ax_lr.plot(ep[: len(lrs)], lrs, color="tab:purple")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_dice, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_lr.set_title("Learning rate", fontsize=9)
     ax_lr.set_xlabel("epoch")
     ax_lr.grid(alpha=0.3)
