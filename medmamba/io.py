@@ -7,9 +7,12 @@ written on the input's exact grid (spacing, origin, direction) under a temporary
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import zlib
 from collections import defaultdict
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +61,35 @@ def group_cases(input_dir: Path, n_channels: int) -> dict[str, list[Path]]:
     return cases
 
 
+def check_nifti_complete(path: Path) -> None:
+    """Refuse truncated or corrupt NIfTI files, which SimpleITK would silently fill with zeros."""
+    import nibabel as nib
+
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
+    header_class = nib.Nifti2Header if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Header
+    try:
+        header = header_class.from_fileobj(BytesIO(raw[: header_class.sizeof_hdr]), check=True)
+    except Exception as exc:  # nibabel raises HeaderDataError/ValueError/etc. for junk
+        raise InputError(f"{path}: not a NIfTI image ({exc})") from None
+    shape = header.get_data_shape()
+    need = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    if len(raw) < need:
+        raise InputError(f"{path}: truncated: {len(raw)} bytes of image data, header needs {need}")
+
+
 def read_case(files: list[Path]) -> tuple[np.ndarray, dict[str, Any]]:
     """Read and check the channels of one case; returns (c, z, y, x) float32 and nnU-Net-style properties."""
     arrays = []
     geometry = None
     for path in files:
+        check_nifti_complete(path)
         try:
             img = sitk.ReadImage(str(path))
         except RuntimeError as exc:

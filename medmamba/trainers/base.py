@@ -153,10 +153,23 @@ class MedmambaTrainer(nnUNetTrainer):
             })
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Resume safely: our own loader (weights_only=True) instead of nnU-Net's pickle load."""
-        if isinstance(filename_or_checkpoint, str | Path):
-            filename_or_checkpoint = load_checkpoint(filename_or_checkpoint, map_location=self.device)
-        super().load_checkpoint(filename_or_checkpoint)
+        """Resume safely: weights_only=True loading (nnU-Net 2.8.1 unpickles, and its dict path is broken)."""
+        if not self.was_initialized:
+            self.initialize()
+        ckpt = filename_or_checkpoint
+        if isinstance(ckpt, str | Path):
+            ckpt = load_checkpoint(ckpt, map_location=self.device)
+        weights = {k[7:] if k.startswith("module.") else k: v for k, v in ckpt["network_weights"].items()}
+        self.network.load_state_dict(weights)
+        self.my_init_kwargs = ckpt["init_args"]
+        self.current_epoch = ckpt["current_epoch"]
+        self.logger.load_checkpoint(ckpt["logging"])
+        self._best_ema = ckpt["_best_ema"]
+        self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
+                                                         self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        if self.grad_scaler is not None and ckpt.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
         super().print_to_log_file(*args, also_print_to_console=also_print_to_console and self.verbose,
