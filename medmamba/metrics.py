@@ -107,34 +107,37 @@ def _empty_scores(policy: str, empty_ref: bool, empty_pred: bool) -> dict[str, f
     return {"dice": 0.0, "iou": 0.0, "nsd": 0.0, "hd95_mm": nan, "assd_mm": nan}
 
 
-def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], nsd_tolerance_mm: float = 1.0,
-                  empty_policy: str = "nan", connectivity: int = 3) -> dict[str, Any]:
-    """All metrics of one label: binary ref/pred masks of equal shape, spacing in mm in array axis order."""
+def _check(empty_policy: str, ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float]) -> None:
     if empty_policy not in EMPTY_POLICIES:
         raise ValueError(f"empty policy must be one of {sorted(EMPTY_POLICIES)}, got {empty_policy!r}")
-    ref = np.asarray(ref, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
     if ref.shape != pred.shape:
         raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
     if len(spacing) != ref.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match a {ref.ndim}D mask")
+
+
+def _union_boxes(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+
+
+def _grow(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape, strict=True))
+
+
+def _cropped_metrics(ref_c: np.ndarray, pred_c: np.ndarray, spacing: Sequence[float], n_total: int, touches: bool,
+                     nsd_tolerance_mm: float, empty_policy: str, connectivity: int) -> dict[str, Any]:
+    """Metrics from masks cropped to their union box plus a 1-voxel margin (edges and distances unchanged)."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    union_box = _bbox(ref | pred, margin=1)  # crop before distance transforms; a 1-voxel margin keeps edges exact
-    touches = False
-    if union_box is not None:
-        tight = _bbox(ref | pred, margin=0)
-        touches = any(s.start == 0 or s.stop == n for s, n in zip(tight, ref.shape, strict=True))
-        ref_c, pred_c = ref[union_box], pred[union_box]
-    else:
-        ref_c, pred_c = ref[:0], pred[:0]
     tp = int(np.count_nonzero(ref_c & pred_c))
     n_ref = int(np.count_nonzero(ref_c))
     n_pred = int(np.count_nonzero(pred_c))
     fp, fn = n_pred - tp, n_ref - tp
     out: dict[str, Any] = {
-        "tp": tp, "fp": fp, "fn": fn, "tn": int(ref.size - tp - fp - fn), "n_ref": n_ref, "n_pred": n_pred,
+        "tp": tp, "fp": fp, "fn": fn, "tn": int(n_total - tp - fp - fn), "n_ref": n_ref, "n_pred": n_pred,
         "vol_ref_ml": n_ref * voxel_ml, "vol_pred_ml": n_pred * voxel_ml, "vol_diff_ml": (n_pred - n_ref) * voxel_ml,
-        "empty_ref": n_ref == 0, "empty_pred": n_pred == 0, "touches_border": touches,
+        "empty_ref": n_ref == 0, "empty_pred": n_pred == 0, "touches_border": bool(touches),
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
     }
     out.update(_components(ref_c, pred_c, _structure(connectivity)))
@@ -147,6 +150,22 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], n
     return out
 
 
+def _touches(tight: tuple[slice, ...] | None, shape: Sequence[int]) -> bool:
+    return tight is not None and any(s.start == 0 or s.stop == n for s, n in zip(tight, shape, strict=True))
+
+
+def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], nsd_tolerance_mm: float = 1.0,
+                  empty_policy: str = "nan", connectivity: int = 3) -> dict[str, Any]:
+    """All metrics of one label: binary ref/pred masks of equal shape, spacing in mm in array axis order."""
+    ref = np.asarray(ref, dtype=bool)
+    pred = np.asarray(pred, dtype=bool)
+    _check(empty_policy, ref, pred, spacing)
+    tight = _bbox(ref | pred, margin=0)
+    box = _grow(tight, 1, ref.shape) if tight is not None else tuple(slice(0, 0) for _ in ref.shape)
+    return _cropped_metrics(ref[box], pred[box], spacing, ref.size, _touches(tight, ref.shape), nsd_tolerance_mm,
+                            empty_policy, connectivity)
+
+
 def tolerance_for(label: int, nsd_tolerance_mm: float | Mapping[int, float]) -> float:
     """Per-label NSD tolerance: a mapping may give some labels their own value; 1 mm otherwise."""
     if isinstance(nsd_tolerance_mm, Mapping):
@@ -157,12 +176,24 @@ def tolerance_for(label: int, nsd_tolerance_mm: float | Mapping[int, float]) -> 
 def case_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], labels: Sequence[int],
                  nsd_tolerance_mm: float | Mapping[int, float] = 1.0, empty_policy: str = "nan",
                  connectivity: int = 3) -> dict[int, dict[str, Any]]:
-    """Metrics of every label of a label map pair (integer arrays); keys are the labels."""
-    if ref.shape != pred.shape:
-        raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
-    return {int(lab): label_metrics(ref == lab, pred == lab, spacing, tolerance_for(int(lab), nsd_tolerance_mm),
-                                    empty_policy, connectivity)
-            for lab in labels}
+    """Metrics of every label of a label map pair (non-negative integer arrays); keys are the labels.
+
+    Each label is cut out to its reference/prediction bounding box (scipy.ndimage.find_objects) before any
+    comparison, so many small structures in a large volume cost little more than one.
+    """
+    ref = np.asarray(ref)
+    pred = np.asarray(pred)
+    _check(empty_policy, ref, pred, spacing)
+    boxes_ref = ndimage.find_objects(ref)
+    boxes_pred = ndimage.find_objects(pred)
+    out = {}
+    for lab in (int(v) for v in labels):
+        tight = _union_boxes(boxes_ref[lab - 1] if lab <= len(boxes_ref) else None,
+                             boxes_pred[lab - 1] if lab <= len(boxes_pred) else None)
+        box = _grow(tight, 1, ref.shape) if tight is not None else tuple(slice(0, 0) for _ in ref.shape)
+        out[lab] = _cropped_metrics(ref[box] == lab, pred[box] == lab, spacing, ref.size, _touches(tight, ref.shape),
+                                    tolerance_for(lab, nsd_tolerance_mm), empty_policy, connectivity)
+    return out
 
 
 def summarise(values: Sequence[float]) -> dict[str, float | int]:

@@ -128,6 +128,10 @@ def render(data: Any) -> str:
         f"Reference: <code>{esc(man['inputs']['reference'])}</code><br>Predictions: {nets_txt}<br>"
         f"Images: <code>{esc(man['inputs']['images'] or 'none (overlays show the reference faintly)')}</code>"
         f" · runtime {man['runtime_s']['total']:.1f} s</p>")
+    for net, info in man.get("models", {}).items():
+        if info:
+            parts.append(f"<p class='meta'>Model of {esc(net)}: "
+                         + " · ".join(f"{esc(k)} <code>{esc(v)}</code>" for k, v in info.items()) + "</p>")
     for net, missing in c.missing_predictions.items():
         parts.append(f"<p class='bad'>{esc(net)}: {len(missing)} reference case(s) have no prediction and are "
                      f"not scored: {esc(', '.join(missing[:20]))}{' …' if len(missing) > 20 else ''}</p>")

@@ -114,7 +114,10 @@ def test_summary_loads_with_nnunet_and_matches_its_dice(folders, tmp_path):
 
 def test_empty_policy_one_and_explicit_labels(folders, tmp_path):
     ref, pred = folders
-    res = build_report(ref, {"net": pred}, tmp_path / "o", empty_policy="one", labels=[2], nsd_tolerance_mm=3.0)
+    res = build_report(ref, {"net": pred}, tmp_path / "o", empty_policy="one", labels=[2], nsd_tolerance_mm=3.0,
+                       model_info={"net": {"model_id": "umamba_bot/fold_0", "sha256": "ab12"}})
+    assert json.loads(res.summaries["net"].read_text())["manifest"]["models"]["net"]["sha256"] == "ab12"
+    assert "umamba_bot/fold_0" in res.html.read_text()
     rows = read_csv(res.csv)
     assert {r["label"] for r in rows} == {"2"}
     assert {r["case"]: r["dice"] for r in rows}["case_c"] == "1.0"

@@ -192,3 +192,22 @@ def test_summarise_states_n_and_nan():
     assert s["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
     empty = summarise([NAN])
     assert empty["n"] == 0 and empty["nan"] == 1 and math.isnan(empty["mean"])
+
+
+def test_case_metrics_crops_per_label_without_changing_results():
+    # case_metrics cuts each label to its bounding box (find_objects); results must equal the uncropped path,
+    # including objects touching the image border and labels with no voxels at all.
+    rng = np.random.default_rng(7)
+    ref = np.zeros((16, 18, 14), dtype=np.uint8)
+    pred = np.zeros_like(ref)
+    for lab in (1, 2, 3):
+        for arr in (ref, pred):
+            c = rng.integers(0, [16, 18, 14])
+            arr[ball(ref.shape, c, rng.integers(2, 5)) & (arr == 0)] = lab
+    spacing = (1.3, 0.6, 2.1)
+    fast = case_metrics(ref, pred, spacing, [1, 2, 3, 5])
+    for lab in (1, 2, 3, 5):
+        slow = label_metrics(ref == lab, pred == lab, spacing)
+        assert fast[lab].keys() == slow.keys()
+        for k, v in slow.items():
+            assert (isinstance(v, float) and math.isnan(v) and math.isnan(fast[lab][k])) or fast[lab][k] == v, k
