@@ -96,6 +96,28 @@ def make_dataset(root: Path, n_cases: int, seed: int = 0, networks: dict[str, in
     return ref_dir, pred_dirs, img_dir, source
 
 
+def make_large(root: Path, n_cases: int, seed: int = 0) -> Path:
+    """CT-sized cases (512 x 512 x 120 voxels) with three organ-like ellipsoids, predictions perturbed."""
+    rng = np.random.default_rng(seed)
+    shape = (120, 512, 512)
+    for sub in ("labels", "pred", "images"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    for i in range(n_cases):
+        lab = np.zeros(shape, dtype=np.uint8)
+        for label, (cz, cy, cx, rz, ry, rx) in enumerate([(60, 200, 180, 30, 80, 60), (50, 300, 330, 20, 50, 50),
+                                                           (80, 260, 260, 12, 30, 30)], start=1):
+            cz, cy, cx = cz + rng.integers(-5, 6), cy + rng.integers(-10, 11), cx + rng.integers(-10, 11)
+            lab[((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1] = label
+        pred = perturb(lab, rng, 2)
+        for sub, arr in (("labels", lab), ("pred", pred), ("images", (lab * 50 + 40).astype(np.int16))):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((0.8, 0.8, 2.5))
+            name = f"ct_{i:03d}" + ("_0000" if sub == "images" else "")
+            sitk.WriteImage(img, str(root / sub / f"{name}.nii.gz"))
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     from medmamba.report import build_report
 
@@ -103,10 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cases", type=int, default=60)
     ap.add_argument("--pdf", action="store_true", help="also time the PDF")
     ap.add_argument("--keep", type=Path, default=None, help="write data and reports here and keep them")
+    ap.add_argument("--large", type=int, default=0, metavar="N",
+                    help="also time N synthetic CT-sized cases (512 x 512 x 120, 0.8 x 0.8 x 2.5 mm, 3 labels)")
     args = ap.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="medmamba_report_bench_"))
     try:
         ref, preds, imgs, source = make_dataset(root / "data", args.cases)
+        t = time.perf_counter()
+        import monai.metrics  # noqa: F401  (torch + MONAI import, paid once per process)
+
+        import_s = time.perf_counter() - t
         rows = []
         for label, nets, pdf in [("1 network, HTML+CSV+JSON", {"netA": preds["netA"]}, False),
                                  ("2 networks compared, HTML+CSV+JSON", preds, False)] + \
@@ -116,11 +144,20 @@ def main(argv: list[str] | None = None) -> None:
             total = time.perf_counter() - t
             rt = res.data.manifest["runtime_s"]
             rows.append((label, rt["metrics"], rt["figures"], rt.get("pdf", 0.0), total))
+        if args.large:
+            big = make_large(root / "large", args.large)
+            t = time.perf_counter()
+            res = build_report(big / "labels", {"net": big / "pred"}, root / "out_large", images_dir=big / "images")
+            total = time.perf_counter() - t
+            rt = res.data.manifest["runtime_s"]
+            rows.append((f"{args.large} CT-sized cases, 3 labels", rt["metrics"], rt["figures"], 0.0, total))
         print(f"Report benchmark: {args.cases} cases, 2 labels, predictions = perturbed labels of {source}")
         print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, cpus={os.cpu_count()}")
+        print(f"one-time import of torch + MONAI (paid once per process, not in the rows below): {import_s:.2f} s")
         print(f"{'run':<38}{'metrics s':>10}{'figures s':>10}{'pdf s':>8}{'total s':>9}{'total/30s':>10}")
         for label, m, f, p, tot in rows:
-            print(f"{label:<38}{m:>10.2f}{f:>10.2f}{p:>8.2f}{tot:>9.2f}{tot / TARGET_S * (60 / args.cases):>10.2f}")
+            ratio = f"{tot / TARGET_S * (60 / args.cases):>10.2f}" if "CT-sized" not in label else f"{'-':>10}"
+            print(f"{label:<38}{m:>10.2f}{f:>10.2f}{p:>8.2f}{tot:>9.2f}{ratio}")
         print("(total/30s is scaled to 60 cases; below 1.00 meets the target)")
     finally:
         if args.keep is None:
