@@ -218,3 +218,18 @@ def test_cli_report_and_error_exit(folders, tmp_path):
     wrong = runner.invoke(app, ["report", "--ref", str(ref), "--pred", str(pred), "-o", str(tmp_path / "o3"),
                                 "--baseline", "other"])
     assert wrong.exit_code == 1 and "--baseline" in wrong.output
+
+
+def test_label_names_from_dataset_json_and_values_outside_the_map(folders, tmp_path, nifti):
+    ref, pred = folders
+    (ref.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}}))
+    res = build_report(ref, pred, tmp_path / "named")
+    assert {r["label_name"] for r in read_csv(res.csv)} == {"liver", "tumour"}
+    assert res.data.manifest["labels"] == {"1": "liver", "2": "tumour"}
+    bad = nifti(pred / "case_b.nii.gz", cube_map((12, 14, 14), (2, 2, 2), 3, label=7), (1, 1, 2))
+    with pytest.raises(MedmambaError, match="not in the label map") as exc:
+        build_report(ref, pred, tmp_path / "bad")
+    assert bad.name in str(exc.value)
+    res = build_report(ref, pred, tmp_path / "subset", labels=[1])  # an explicit subset ignores other values
+    assert {r["label"] for r in read_csv(res.csv)} == {"1"}
+
