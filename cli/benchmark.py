@@ -1,0 +1,65 @@
+"""`medmamba benchmark`: one table of cost for all registered networks on a dataset's plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import WorkdirOption, console, handle_errors, progress_bar
+
+EPILOG = "Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --networks nnunet,lightm_unet -o b.json"
+
+
+@handle_errors
+def benchmark(
+    dataset: Annotated[str, typer.Argument(help="Planned dataset id or name.")],
+    networks: Annotated[str | None, typer.Option(help="Comma-separated networks [default: all registered].")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions (median is reported).")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch threads [default: torch's choice].")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows as JSON.")] = None,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Parameters, GFLOPs per patch (scans included), CPU latency, train-iteration time, peak memory, vs nnunet."""
+    from medmamba.benchmark import add_ratios, benchmark_networks
+    from medmamba.plan import dataset_name
+    from medmamba.registry import NETWORKS
+    from medmamba.workspace import open_workspace
+
+    ws = open_workspace(workdir)
+    folder = ws.preprocessed / dataset_name(dataset)
+    if not (folder / "nnUNetPlans.json").is_file():
+        raise FileNotFoundError(f"{folder / 'nnUNetPlans.json'}: missing; run `medmamba plan {dataset}` first")
+    names = networks.split(",") if networks else list(NETWORKS)
+    if "nnunet" not in names:
+        names.insert(0, "nnunet")
+    with progress_bar() as bar:
+        task = bar.add_task("networks", total=len(names))
+        rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task))
+    add_ratios(rows)
+    table = Table(title=f"{folder.name}: cost per network (ratios to nnunet, same run)")
+    for col in ("network", "params (M)", "GFLOPs/patch", "of which scans", "forward (s)", "train iter (s)",
+                "peak RSS (MB)"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["network"], f"[red]error: {r['error']}[/]", "", "", "", "", "")
+            continue
+
+        table.add_row(r["network"], _cell(r, "params_M", ".2f"), _cell(r, "gflops_per_patch", ".1f"),
+                      f"{r['scan_gflops']:.2f}", _cell(r, "forward_s", ".3f"), _cell(r, "train_iter_s", ".2f"),
+                      _cell(r, "peak_rss_MB", ".0f"))
+    console.print(table)
+    if rows and "patch_size" in rows[0]:
+        console.print(f"patch {rows[0]['patch_size']}, batch {rows[0]['batch_size']} (train iteration)")
+    if output is not None:
+        tmp = output.with_name(f".{output.name}.partial")
+        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.replace(output)
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return f"{row[key]:{fmt}} ({row.get(key + '_ratio', float('nan')):.2f}x)"

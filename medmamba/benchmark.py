@@ -1,0 +1,162 @@
+"""Cost of every registered network on one dataset's plan: parameters, FLOPs, CPU latency, memory.
+
+Each network is measured in its own subprocess so that peak memory (max RSS) belongs to that network
+alone and one network's allocator state cannot slow the next. FLOPs are counted by
+torch.utils.flop_counter (convolutions, matmuls) plus the selective scans' own FLOPs, which generic
+counters miss because the scan is elementwise work inside a kernel: 9 FLOPs per state update
+(exp, two multiplies and an add for the recurrence, a multiply-add for the readout), as mamba_ssm counts.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCAN_FLOPS_PER_UPDATE = 9
+
+
+@contextmanager
+def count_scan_flops(counter: dict[str, float]):
+    """Wrap every `selective_scan` reference held by medmamba modules and add its analytic FLOPs."""
+    import medmamba.kernels as kernels
+
+    original = kernels.selective_scan
+
+    def counting(u, delta, A, B, C, D=None, z=None, *args, **kwargs):
+        b, d, length = u.shape
+        counter["scan"] += SCAN_FLOPS_PER_UPDATE * b * d * A.shape[1] * length
+        counter["scan"] += (b * d * length if D is not None else 0) + (5 * b * d * length if z is not None else 0)
+        return original(u, delta, A, B, C, D, z, *args, **kwargs)
+
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if (name.startswith("medmamba.") or name == "medmamba") and getattr(module, "selective_scan", None) is original:
+            module.selective_scan = counting
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.selective_scan = original
+
+
+def _build(network: str, model_source: Path, deep_supervision: bool):
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medmamba.trainers.base import make_trainer
+
+    plans = json.loads((model_source / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((model_source / "dataset.json").read_text())
+    trainer = make_trainer(network, "default")
+    from medmamba.trainers.base import apply_limits
+
+    apply_limits(plans, "3d_fullres", trainer.preset.get("limits", {}))
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
+    net = trainer.build_network_architecture(pm, cm, n_in, n_out, deep_supervision)
+    return net, cm, n_in, n_out
+
+
+def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
+    """Measure one network in this process (called in a fresh subprocess by `benchmark_networks`)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net, cm, n_in, n_out = _build(network, preprocessed_dir, deep_supervision=False)
+    patch = list(cm.patch_size)
+    batch = int(cm.batch_size)
+    params = sum(p.numel() for p in net.parameters())
+    x1 = torch.randn(1, n_in, *patch)
+    net.eval()
+    counter = {"scan": 0.0}
+    with torch.no_grad(), count_scan_flops(counter), FlopCounterMode(display=False) as fc:
+        net(x1)
+    gflops = (fc.get_total_flops() + counter["scan"]) / 1e9
+    latencies = []
+    with torch.no_grad():
+        net(x1)  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            net(x1)
+            latencies.append(time.perf_counter() - t)
+    # one training iteration at the plan's batch size, with deep supervision as in training
+    net_ds, *_ = _build(network, preprocessed_dir, deep_supervision=True)
+    net_ds.train()
+    opt = torch.optim.SGD(net_ds.parameters(), lr=1e-3, momentum=0.9)
+    xb = torch.randn(batch, n_in, *patch)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = net_ds(xb)
+        outs = out if isinstance(out, list | tuple) else [out]
+        loss = sum(torch.nn.functional.cross_entropy(
+            o, torch.randint(0, n_out, (o.shape[0], *o.shape[2:]))) for o in outs)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (allocations, kernel build)
+    train_times = []
+    for _ in range(max(1, repeats - 1)):
+        t = time.perf_counter()
+        step()
+        train_times.append(time.perf_counter() - t)
+    return {
+        "network": network,
+        "params_M": params / 1e6,
+        "gflops_per_patch": gflops,
+        "scan_gflops": counter["scan"] / 1e9,
+        "forward_s": statistics.median(latencies),
+        "train_iter_s": statistics.median(train_times),
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "patch_size": patch,
+        "batch_size": batch,
+    }
+
+
+def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int = 3, threads: int | None = None,
+                       on_result=None) -> list[dict[str, Any]]:
+    """Run `measure_one` for each network in its own subprocess; errors are reported, not raised."""
+    results = []
+    for name in networks:
+        cmd = [sys.executable, "-m", "medmamba.benchmark", name, str(preprocessed_dir), str(repeats),
+               str(threads or 0)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+            row = {"network": name, "error": tail}
+        results.append(row)
+        if on_result is not None:
+            on_result(row)
+    return results
+
+
+def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
+    """Ratios to the baseline row measured in the same run (params, FLOPs, latency, train time, memory)."""
+    base = next((r for r in rows if r["network"] == baseline and "error" not in r), None)
+    if base is None:
+        return
+    for r in rows:
+        if "error" in r:
+            continue
+        for key in ("params_M", "gflops_per_patch", "forward_s", "train_iter_s", "peak_rss_MB"):
+            r[f"{key}_ratio"] = r[key] / base[key] if base[key] else float("nan")
+
+
+if __name__ == "__main__":
+    name, folder, reps, thr = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    print(json.dumps(measure_one(name, folder, reps, thr or None)))

@@ -1,0 +1,83 @@
+"""Train several networks on one dataset with one budget and tabulate Dice and wall time.
+
+The fair-comparison protocol: same planned data, same fold of nnU-Net's 5-fold split, same epochs x
+iterations, same validation (nnU-Net's own prediction of the fold's held-out cases and its metrics).
+Results are appended to a JSON file per network, so an interrupted run continues where it stopped.
+
+    python -m medmamba.compare DATASET --networks nnunet,lightm_unet --epochs 6 --iterations 50 -o out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from medmamba.workspace import open_workspace
+
+
+def run_one(ws, dataset: str, network: str, fold: int, epochs: int, iterations: int, preset: str) -> dict[str, Any]:
+    """Train + validate one network; returns Dice per label, mean, and wall times."""
+    from medmamba.train import train_model
+
+    start = time.perf_counter()
+    result = train_model(ws, dataset, network, fold, preset, epochs, iterations, "cpu", validate=True)
+    wall = time.perf_counter() - start
+    val = result.validation or {}
+    return {
+        "network": network,
+        "fold": fold,
+        "epochs": epochs,
+        "iterations": iterations,
+        "preset": preset,
+        "dice_per_label": {k: v["Dice"] for k, v in val.get("mean", {}).items()},
+        "mean_dice": val.get("foreground_mean", {}).get("Dice"),
+        "n_val_cases": len(val.get("metric_per_case", [])),
+        "wall_s": wall,
+        "model_dir": str(result.model_dir),
+    }
+
+
+def table(rows: list[dict[str, Any]], baseline: str = "nnunet") -> str:
+    """Markdown table with the difference to the baseline's mean Dice."""
+    base = next((r["mean_dice"] for r in rows if r["network"] == baseline), None)
+    labels = sorted({k for r in rows for k in r["dice_per_label"]}, key=int)
+    head = "| network | " + " | ".join(f"Dice {k}" for k in labels) + " | mean Dice | vs nnunet | wall (min) |"
+    lines = [head, "|" + "---|" * (len(labels) + 4)]
+    for r in rows:
+        diff = f"{r['mean_dice'] - base:+.3f}" if base is not None and r["mean_dice"] is not None else "n/a"
+        per = " | ".join(f"{r['dice_per_label'].get(k, float('nan')):.3f}" for k in labels)
+        lines.append(f"| {r['network']} | {per} | {r['mean_dice']:.3f} | {diff} | {r['wall_s'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("--networks", default="nnunet")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--iterations", type=int, required=True)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    ws = open_workspace(args.workdir)
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for network in args.networks.split(","):
+        path = args.output / f"{network}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+            continue
+        row = run_one(ws, args.dataset, network, args.fold, args.epochs, args.iterations, args.preset)
+        path.write_text(json.dumps(row, indent=2))
+        rows.append(row)
+        print(table(rows), flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
