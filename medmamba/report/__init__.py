@@ -4,7 +4,8 @@ Entry points: `build_report` (also called by `medmamba predict --ref`) and `writ
 (called at the end of `medmamba train`).
 """
 
-from medmamba.report.build import ReportResult, build_report, parse_pred_dirs
+from medmamba.report.build import ReportResult, build_report, parse_pred_dirs, report_for_prediction
 from medmamba.report.training import parse_training_logs, write_training_report
 
-__all__ = ["ReportResult", "build_report", "parse_pred_dirs", "parse_training_logs", "write_training_report"]
+__all__ = ["ReportResult", "build_report", "parse_pred_dirs", "parse_training_logs", "report_for_prediction",
+           "write_training_report"]

@@ -269,7 +269,8 @@ def parse_pred_dirs(pred: Path | str | Mapping[str, Path | str] | Sequence[Path 
         raise MedmambaError("no prediction folder given (--pred)")
     for name in out:
         if not _NAME_RE.match(name):
-            raise MedmambaError(f"--pred: network name {name!r} must be letters, digits, '.', '_' or '-'")
+            raise MedmambaError(f"--pred: network name {name!r} must be letters, digits, '.', '_' or '-'; "
+                                "name it with NAME=DIR")
     return out
 
 
@@ -369,3 +370,39 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     _write_atomic(html_path, page)
     return ReportResult(out_dir, csv_path, summary_paths, html_path, pdf_path, comp_path, len(cases.results),
                         time.perf_counter() - t0, data)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def report_for_prediction(ref_dir: Path, pred_dir: Path, model_dir: Path | None = None, out_dir: Path | None = None,
+                          images_dir: Path | None = None, pdf: bool = False, **kwargs: Any) -> ReportResult:
+    """What `medmamba predict --ref DIR` chains: a report of one prediction folder, model id and hashes included.
+
+    The network is named after the model folder; the manifest records that folder and the SHA256 of every
+    fold's checkpoint found there (checkpoint_final.pth, else checkpoint_best.pth). Default output:
+    PRED/report/ (a sub-folder, so the predictions folder still holds only label maps at its top level).
+    """
+    pred_dir = Path(pred_dir)
+    info: dict[str, Any] = {}
+    name = pred_dir.resolve().name
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        name = model_dir.resolve().name
+        info["model_dir"] = str(model_dir.resolve())
+        for fold in sorted(p for p in model_dir.glob("fold_*") if p.is_dir()):
+            ckpt = next((fold / c for c in ("checkpoint_final.pth", "checkpoint_best.pth") if (fold / c).is_file()),
+                        None)
+            if ckpt is not None:
+                info[f"sha256 {fold.name}/{ckpt.name}"] = _sha256(ckpt)
+    if not _NAME_RE.match(name):
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-") or "prediction"
+    return build_report(ref_dir, {name: pred_dir}, Path(out_dir) if out_dir else pred_dir / "report",
+                        images_dir=images_dir, pdf=pdf, model_info={name: info}, **kwargs)

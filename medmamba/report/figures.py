@@ -54,7 +54,7 @@ def box_plots(values: Mapping[str, Mapping[int, Mapping[str, Sequence[float]]]],
               label_names: Mapping[int, str], metrics: Sequence[str]) -> Figure:
     """One panel per metric; a box per label (grouped by network when several); NaN left out, n shown."""
     nets = list(values)
-    fig = new_figure(3.2 * len(metrics), 3.4)
+    fig = new_figure(max(3.2, 0.3 * len(labels) * len(nets) + 1.0) * len(metrics), 3.4)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     width = 0.8 / max(len(nets), 1)
     for ax, metric in zip(axes, metrics, strict=True):

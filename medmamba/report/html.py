@@ -90,7 +90,7 @@ def case_table(data: Any, order: Sequence[Any]) -> tuple[list[str], list[list[st
     """Columns and rows of the worst-first case table (HTML links to overlays when `data.overlay_ids`)."""
     nets, labels, names = data.nets, data.cases.labels, data.cases.label_names
     per = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "vol_diff_ml", "fp_components", "fn_components") \
-        if len(nets) == 1 else ("dice", "hd95_mm", "nsd")
+        if len(nets) == 1 and len(labels) <= 3 else ("dice", "hd95_mm", "nsd")  # keep wide label sets readable
     short = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95", "assd_mm": "ASSD", "nsd": "NSD",
              "vol_diff_ml": "ΔV mL", "fp_components": "FP cc", "fn_components": "FN cc"}
     cols = ["#", "case"] + [f"mean Dice {n}" if len(nets) > 1 else "mean Dice" for n in nets]

@@ -233,3 +233,20 @@ def test_label_names_from_dataset_json_and_values_outside_the_map(folders, tmp_p
     res = build_report(ref, pred, tmp_path / "subset", labels=[1])  # an explicit subset ignores other values
     assert {r["label"] for r in read_csv(res.csv)} == {"1"}
 
+
+
+def test_report_for_prediction_records_model_and_checkpoint_hashes(folders, tmp_path):
+    import hashlib
+
+    from medmamba.report import report_for_prediction
+
+    ref, pred = folders
+    model = tmp_path / "MedmambaTrainer_cpu__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
+    res = report_for_prediction(ref, pred, model_dir=model)
+    assert res.out_dir == pred / "report" and res.html.is_file()
+    info = json.loads(res.summaries[model.name].read_text())["manifest"]["models"][model.name]
+    assert info["sha256 fold_0/checkpoint_final.pth"] == hashlib.sha256(b"weights").hexdigest()
+    again = build_report(ref, pred, tmp_path / "again")  # the report sub-folder is not mistaken for a case
+    assert again.n_cases == 4
