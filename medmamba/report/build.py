@@ -175,13 +175,18 @@ def _overlays(data: ReportData, images_dir: Path | None, max_overlays: int, dpi:
     for i, r in enumerate(shown):
         ref = read_volume(r.reference_file)
         preds = {n: read_volume(p).array for n, p in r.prediction_files.items()}
-        image = None
+        image, note = None, ""
         img_path = find_image(images_dir, r.case)
         if img_path is not None:
             vol = read_volume(img_path, labels=False)
-            image = vol.array.astype(np.float32) if vol.array.shape == ref.array.shape else None
+            if vol.array.shape == ref.array.shape:
+                image = vol.array.astype(np.float32)
+            else:
+                note = f" (image {img_path.name} is on another grid {vol.array.shape[::-1]}: not shown)"
+        elif images_dir is not None:
+            note = f" (no image {r.case}.nii.gz or {r.case}_0000.nii.gz in the images folder)"
         ov = F.extract_slices(r.case, image, ref.array, preds, r.slices, ref.spacing, F.plane_names(ref.direction))
-        data.overlays.append((r.case, F.overlay_png(ov, labels), _caption(r, data.nets, data.cases)))
+        data.overlays.append((r.case, F.overlay_png(ov, labels), _caption(r, data.nets, data.cases) + note))
         data.overlay_slices.append(ov)
         data.overlay_ids[r.case] = f"case-{i + 1}"
 
