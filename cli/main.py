@@ -44,7 +44,7 @@ def demo(
     network: Annotated[str, typer.Option(help="Registered network to train.")] = "nnunet",
     cases: Annotated[int, typer.Option(help="Training phantoms.")] = 20,
     test_cases: Annotated[int, typer.Option(help="Held-out phantoms for the final Dice.")] = 6,
-    size: Annotated[int, typer.Option(help="Phantom edge length in voxels.")] = 40,
+    size: Annotated[int, typer.Option(help="Phantom edge length in voxels.")] = 32,
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Override iterations per epoch.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

@@ -50,9 +50,9 @@ def make_phantom(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.ndarra
 
     # structure 2: a thick spherical shell (ring in every slice) in the other half
     c2 = extent * rng.uniform([0.55, 0.6, 0.6], [0.7, 0.75, 0.75])
-    r_out = extent.min() * rng.uniform(0.15, 0.2)
+    r_out = extent.min() * rng.uniform(0.17, 0.22)
     dist = np.linalg.norm(grid - c2, axis=-1)
-    label[(dist <= r_out) & (dist >= r_out * rng.uniform(0.45, 0.6))] = 2
+    label[(dist <= r_out) & (dist >= r_out * rng.uniform(0.35, 0.5))] = 2
 
     # intensities: textured background, distinct means per structure
     texture = ndimage.gaussian_filter(rng.normal(size=spec.shape), sigma=2.0)
