@@ -101,6 +101,8 @@ def predict(
                                              "[default: on for GPU, off for CPU].", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     step_size: Annotated[float, typer.Option(help="Sliding-window step as a fraction of the patch.")] = 0.5,
+    ref: Annotated[Path | None, typer.Option(help="Reference labels: also write a report to OUTPUT/report/.")] = None,
+    pdf: Annotated[bool, typer.Option(help="With --ref: also render the report as PDF.")] = False,
 ) -> None:
     """Segment a folder of images; labels are written on each input's own grid."""
     from medmamba.predict import predict_folder
@@ -115,6 +117,12 @@ def predict(
 
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case)
     console.print(f"{len(result.written)} case(s) written to {output_dir}, {len(result.failed)} failed")
+    if ref is not None and result.written:
+        from medmamba.report import report_for_prediction
+
+        with console.status("writing report"):
+            report = report_for_prediction(ref, output_dir, model_dir=model_dir, images_dir=input_dir, pdf=pdf)
+        console.print(f"report: {report.html}")
     if result.failed:
         raise typer.Exit(1)
 

@@ -74,7 +74,9 @@ def test_predict_keeps_geometry_and_evaluate_computes_dice(trained, tmp_path):
     shutil.copy(images / "phantom_005_0000.nii.gz", inputs / "phantom_005_0000.nii.gz")
     shutil.copy(images / "phantom_006_0000.nii.gz", inputs / "phantom_006.nii.gz")
     out = tmp_path / "out"
-    run_cli("predict", "-i", str(inputs), "-o", str(out), "-m", str(model_dir))
+    refs = work / "raw" / "Dataset500_Cli" / "labelsTs"
+    run_cli("predict", "-i", str(inputs), "-o", str(out), "-m", str(model_dir), "--ref", str(refs))
+    assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()
     for case in ("phantom_005", "phantom_006"):
         src = next(inputs.glob(f"{case}*.nii.gz"))
         pred, ref = nib.load(out / f"{case}.nii.gz"), nib.load(src)
@@ -82,7 +84,6 @@ def test_predict_keeps_geometry_and_evaluate_computes_dice(trained, tmp_path):
         np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-5)
         assert pred.get_data_dtype() == np.uint8
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
-    refs = work / "raw" / "Dataset500_Cli" / "labelsTs"
     res = run_cli("evaluate", str(refs), str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"metric_per_case", "mean", "foreground_mean"}
