@@ -1,0 +1,20 @@
+"""`python -m medmamba.kernels build`: compile the CPU scan kernel ahead of time (Docker image build, CI)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] != ["build"]:
+        print("usage: python -m medmamba.kernels build", file=sys.stderr)
+        return 2
+    from .cpu import cache_dir, load_extension
+
+    load_extension(verbose="-v" in argv)
+    print(f"compiled CPU selective-scan kernel ready in {cache_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,112 @@
+"""Every selective-scan backend against the float64 reference: forward and all gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from medmamba.kernels import selective_scan
+
+BACKENDS = ["cpu", "fallback"]
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def make_inputs(b=2, d=8, n=16, length=67, g=1, stress=False, seed=0):
+    """Realistic ranges (A = -(1..n), delta = softplus of log-uniform dt) as mamba initialises them."""
+    gen = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64)
+    dt = torch.exp(torch.rand(d, generator=gen, **f64) * (torch.log(torch.tensor(0.1)) - torch.log(
+        torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3)))
+    bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+    A = -torch.arange(1, n + 1, **f64).repeat(d, 1) * (4.0 if stress else 1.0)
+    bshape = (b, g, n, length) if g > 1 else (b, n, length)
+    return {
+        "u": torch.randn(b, d, length, generator=gen, **f64),
+        "delta": torch.randn(b, d, length, generator=gen, **f64) * (3.0 if stress else 0.5) + (3.0 if stress else 0),
+        "A": A,
+        "B": torch.randn(*bshape, generator=gen, **f64),
+        "C": torch.randn(*bshape, generator=gen, **f64),
+        "D": torch.randn(d, generator=gen, **f64),
+        "z": torch.randn(b, d, length, generator=gen, **f64),
+        "delta_bias": bias,
+    }
+
+
+def run(inputs, backend, use_d, use_z, use_bias, softplus, dtype):
+    leaves = {k: v.to(dtype).detach().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+                         D=leaves["D"] if use_d else None, z=leaves["z"] if use_z else None,
+                         delta_bias=leaves["delta_bias"] if use_bias else None, delta_softplus=softplus,
+                         return_last_state=True, backend=backend)
+    y, last = out
+    weights = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+    (y.double() * weights).sum().backward()
+    grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
+    return y.double(), last.double(), grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("g,length,b", [(1, 67, 2), (2, 33, 1), (2, 129, 3)])
+@pytest.mark.parametrize("use_d,use_z,use_bias,softplus", [(True, True, True, True), (False, False, False, False),
+                                                           (True, False, True, False), (False, True, False, True)])
+def test_matches_float64_reference(backend, g, length, b, use_d, use_z, use_bias, softplus):
+    inputs = make_inputs(b=b, d=8, length=length, g=g, seed=length + g)
+    if not softplus:
+        inputs["delta"] = torch.nn.functional.softplus(inputs["delta"])  # keep delta positive as in use
+        inputs["delta_bias"] = inputs["delta_bias"].exp()  # a positive bias: delta stays a step size
+    ref_y, ref_last, ref_g = run(inputs, "ref", use_d, use_z, use_bias, softplus, torch.float64)
+    y, last, grads = run(inputs, backend, use_d, use_z, use_bias, softplus, torch.float32)
+    scale = ref_y.detach().abs().max()
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5 * float(scale))
+    torch.testing.assert_close(last, ref_last, rtol=1e-5, atol=1e-5 * float(ref_last.abs().max()))
+    assert set(grads) == set(ref_g)
+    for name in ref_g:
+        r = ref_g[name]
+        torch.testing.assert_close(grads[name].double(), r, rtol=1e-4, atol=2e-5 * float(r.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["ref"])
+def test_stress_inputs_stay_finite(backend):
+    inputs = make_inputs(b=1, d=4, length=300, stress=True)
+    y, last, grads = run(inputs, backend, True, True, True, True, torch.float32)
+    assert torch.isfinite(y).all() and torch.isfinite(last).all()
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_autocast_accumulates_in_fp32_and_returns_input_dtype():
+    inputs = make_inputs(b=1, d=4, length=40)
+    u16 = inputs["u"].to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = selective_scan(u16, inputs["delta"].float(), inputs["A"].float(), inputs["B"].float(),
+                             inputs["C"].float(), delta_softplus=True, backend="cpu")
+    ref = selective_scan(u16.double(), inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                         delta_softplus=True, backend="ref")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
+
+
+def test_gradcheck_reference_in_float64():
+    inputs = make_inputs(b=1, d=2, n=3, length=6, g=1)
+    leaves = [inputs[k].detach().requires_grad_() for k in NAMES]
+
+    def fn(u, delta, A, B, C, D, z, bias):
+        return selective_scan(u, delta, A, B, C, D, z, bias, True, backend="ref")
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5)
+
+
+def test_unknown_backend_is_refused():
+    inputs = make_inputs(b=1, d=2, length=5)
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], backend="gpu2")
+
+
+def test_all_flags_combinations_have_same_shape():
+    inputs = make_inputs(b=1, d=4, length=9)
+    for use_d, use_z in itertools.product([True, False], repeat=2):
+        y = selective_scan(inputs["u"].float(), inputs["delta"].float(), inputs["A"].float(), inputs["B"].float(),
+                           inputs["C"].float(), D=inputs["D"].float() if use_d else None,
+                           z=inputs["z"].float() if use_z else None, backend="cpu")
+        assert y.shape == (1, 4, 9)
