@@ -40,6 +40,12 @@ NETWORKS: dict[str, NetworkSpec] = {
     for spec in [
         NetworkSpec("nnunet", None, "medmamba.trainers.base.MedmambaTrainer", "nnunet",
                     "nnU-Net's own PlainConvUNet as planned (the baseline)"),
+        NetworkSpec("lightm_unet", "medmamba.nets.lightm_unet.LightMUNet",
+                    "medmamba.trainers.lightm_unet.LightMUNetTrainer", "lightm_unet",
+                    "LightM-UNet 3D: residual Vision Mamba encoder, light conv decoder"),
+        NetworkSpec("lightm_unet_nossm", "medmamba.nets.lightm_unet.LightMUNet",
+                    "medmamba.trainers.lightm_unet.LightMUNetNoSSMTrainer", "lightm_unet_nossm",
+                    "LightM-UNet with the Mamba mixers removed (ablation)"),
     ]
 }
 
