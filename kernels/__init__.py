@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .mlstm import mlstm_chunkwise, mlstm_parallel
 from .reference import selective_scan_ref
-from .routes import ROUTE_KINDS, build_routes, cross_merge, cross_scan
+from .routes import ROUTE_KINDS, build_routes, cross_merge, cross_scan, cross_unscan
 
 BACKENDS = ("auto", "ref", "cpu", "fallback", "triton")
 
@@ -62,5 +62,5 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (y, last) if return_last_state else y
 
 
-__all__ = ["BACKENDS", "ROUTE_KINDS", "build_routes", "cross_merge", "cross_scan", "mlstm_chunkwise",
+__all__ = ["BACKENDS", "ROUTE_KINDS", "build_routes", "cross_merge", "cross_scan", "cross_unscan", "mlstm_chunkwise",
            "mlstm_parallel", "selective_scan", "selective_scan_ref"]

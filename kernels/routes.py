@@ -57,14 +57,16 @@ def cross_scan(x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
     return seq.transpose(1, 2).reshape(b, routes.shape[0] * c, -1)
 
 
-def cross_merge(y: torch.Tensor, routes: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """(b, K*c, l) -> (b, c, D, H, W): undo each route's permutation and sum the K results."""
+def cross_unscan(y: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
+    """(b, K*c, l) -> (b, K, c, l): every route's sequence put back in raster order, kept apart (MHS-VM's SRA)."""
     K = routes.shape[0]
     b, kc, length = y.shape
-    c = kc // K
     inverse = torch.argsort(routes.to(y.device), dim=1)  # position of voxel v in route k
-    seq = y.reshape(b, K, c, length)
-    out = seq[:, 0][..., inverse[0]]
-    for k in range(1, K):
-        out = out + seq[:, k][..., inverse[k]]
-    return out.reshape(b, c, *shape)
+    seq = y.reshape(b, K, kc // K, length)
+    return torch.stack([seq[:, k][..., inverse[k]] for k in range(K)], dim=1)
+
+
+def cross_merge(y: torch.Tensor, routes: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(b, K*c, l) -> (b, c, D, H, W): undo each route's permutation and sum the K results."""
+    merged = cross_unscan(y, routes).sum(1)
+    return merged.reshape(merged.shape[0], merged.shape[1], *shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmamba.kernels import ROUTE_KINDS, build_routes, cross_merge, cross_scan
+from medmamba.kernels import ROUTE_KINDS, build_routes, cross_merge, cross_scan, cross_unscan
 
 ALL = list(ROUTE_KINDS) + [k + "_rev" for k in ROUTE_KINDS]
 
@@ -54,3 +54,13 @@ def test_gradients_flow_through_scan_and_merge():
 def test_bad_kind_is_refused():
     with pytest.raises(ValueError, match="unknown route"):
         build_routes((2, 2, 2), ["zigzag"])
+
+
+def test_cross_unscan_keeps_routes_apart_in_raster_order():
+    shape = (3, 5, 4)
+    routes = build_routes(shape, ["snake", "diagonal_rev", "shell"])
+    x = torch.randn(2, 3, *shape)
+    parts = cross_unscan(cross_scan(x, routes), routes)
+    assert parts.shape == (2, 3, 3, 60)
+    for k in range(3):
+        torch.testing.assert_close(parts[:, k], x.reshape(2, 3, -1))
