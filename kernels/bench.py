@@ -1,21 +1,28 @@
 """Selective-scan and mLSTM speed on this machine, every number measured in one run.
 
-    python -m medmamba.kernels.bench [--length 32768] [--channels 128] [--skip-ref-backward]
+    python -m medmamba.kernels.bench [--length 32768] [--channels 128] [--skip-ref-backward] [--skip-mlstm]
 
 Problem as in the issue: b=1, d=128, n=16, l=32768 (one 32^3 volume). Speed-ups are relative to the
 per-step PyTorch reference measured in the same run. The floor is the time to evaluate the same number
 of exp() calls with torch.exp on cache-resident buffers (the scan is exp-bound, not memory-bound).
+
+mLSTM rows (b=1, 2 heads, head dim 32, forward+backward): each case runs in a fresh subprocess so its peak
+resident memory (ru_maxrss after minus before the call) belongs to that case alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from medmamba.kernels import selective_scan
+from medmamba.kernels import mlstm_chunkwise, mlstm_parallel, selective_scan
 
 
 def _time(fn, repeats: int) -> float:
@@ -66,13 +73,48 @@ def scan_rows(b: int, d: int, n: int, length: int, skip_ref_backward: bool) -> l
     return rows
 
 
+def mlstm_case(form: str, length: int, heads: int = 2, dh: int = 32, chunk: int = 64) -> dict:
+    """One mLSTM forward+backward in this process: time and peak RSS growth (run it in a fresh process)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, length, dh, generator=g).requires_grad_() for _ in range(3))
+    ig = torch.randn(1, heads, length, generator=g).requires_grad_()
+    fg = (torch.randn(1, heads, length, generator=g) + 3).requires_grad_()
+    fn = mlstm_parallel if form == "parallel" else lambda *t: mlstm_chunkwise(*t, chunk=chunk)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    out = fn(q, k, v, ig, fg)
+    t1 = time.perf_counter()
+    out.sum().backward()
+    t2 = time.perf_counter()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"fwd": t1 - t0, "fwd_bwd": t2 - t0, "peak_mib": (peak - before) / 1024}
+
+
+def mlstm_rows(threads: int) -> list[tuple]:
+    rows = []
+    for form, length in (("parallel", 4096), ("chunkwise", 4096), ("chunkwise", 32768)):
+        cmd = [sys.executable, "-m", "medmamba.kernels.bench", "--mlstm-case", f"{form}:{length}",
+               "--threads", str(threads)]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        rows.append((form, length, res))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--length", type=int, default=32768)
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--state", type=int, default=16)
     p.add_argument("--skip-ref-backward", action="store_true", help="the reference backward takes minutes")
+    p.add_argument("--skip-mlstm", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="threads for the mLSTM rows")
+    p.add_argument("--mlstm-case", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.mlstm_case:
+        torch.set_num_threads(args.threads)
+        form, length = args.mlstm_case.split(":")
+        print(json.dumps(mlstm_case(form, int(length))))
+        return
     b, d, n, length = 1, args.channels, args.state, args.length
     rows = scan_rows(b, d, n, length, args.skip_ref_backward)
     ref_f, ref_fb = rows[0][2], rows[0][3]
@@ -86,6 +128,15 @@ def main() -> None:
               f"{ref_fb / fb:7.1f}x")
     for t, fl in floors.items():
         print(f"{'floor: same number of exp()':32s} {t:3d} {fl:9.4f} {ref_f / fl:7.1f}x")
+    if args.skip_mlstm:
+        return
+    rows_m = mlstm_rows(args.threads)
+    print(f"\nmLSTM, b=1 heads=2 dh=32 chunk=64, {args.threads} thread(s), forward+backward")
+    print(f"{'form':10s} {'l':>6s} {'fwd (s)':>8s} {'fwd+bwd (s)':>12s} {'peak MiB':>9s} {'mem vs parallel':>16s}")
+    par = rows_m[0][2]
+    for form, length, r in rows_m:
+        ratio = f"{r['peak_mib'] / par['peak_mib']:.3f}x" if length == 4096 else "-"
+        print(f"{form:10s} {length:6d} {r['fwd']:8.3f} {r['fwd_bwd']:12.3f} {r['peak_mib']:9.1f} {ratio:>16s}")
 
 
 if __name__ == "__main__":
