@@ -46,6 +46,10 @@ NETWORKS: dict[str, NetworkSpec] = {
         NetworkSpec("lightm_unet_nossm", "medmamba.nets.lightm_unet.LightMUNet",
                     "medmamba.trainers.lightm_unet.LightMUNetNoSSMTrainer", "lightm_unet_nossm",
                     "LightM-UNet with the Mamba mixers removed (ablation)"),
+        NetworkSpec("vm_unet", "medmamba.nets.vm_unet.VMUNet", "medmamba.trainers.vm_unet.VMUNetTrainer", "vm_unet",
+                    "VM-UNet 3D: VSS blocks with a 6-route SS3D scan"),
+        NetworkSpec("mhs_vm", "medmamba.nets.mhs_vm.MHSVM", "medmamba.trainers.vm_unet.MHSVMTrainer", "mhs_vm",
+                    "MHS-VM 3D: VM-UNet with a multi-head scan and Scan Route Attention"),
     ]
 }
 

@@ -1,0 +1,50 @@
+"""Multi-head scan with Scan Route Attention (MHS-VM), in 3D.
+
+The channels are projected into h heads; each head scans its own route family (two routes and their
+reverses: K=4 sequences at width d/h, own scan parameters), its K outputs are put back in raster order and
+fused by Scan Route Attention: z = (sum_k y_k) * ReLU(cv - t), cv = std_k(y) / (mean_k(y - min_k y) + 1e-5),
+the unbiased std over the K routes and t a fixed threshold. Heads are concatenated -> LN -> Linear.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ss3d import RouteScan
+
+# 3D analogues of MHS-VM's 2D families (snake, diagonal zigzag, spiral, raster), each with its partner
+FAMILIES = (("snake", "raster_hwd"), ("diagonal", "raster_wdh"), ("shell", "raster_dhw"), ("raster_dhw", "raster_hwd"))
+
+
+def scan_route_attention(y: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(b, K, c, l) -> (b, c, l)."""
+    spread = y.std(dim=1, unbiased=True)
+    level = (y - y.min(dim=1, keepdim=True).values).mean(dim=1)
+    return y.sum(1) * torch.relu(spread / (level + 1e-5) - threshold)
+
+
+class MultiHeadScan(nn.Module):
+    def __init__(self, d_model: int, heads: int = 4, d_state: int = 16, sra_threshold: float = 0.5,
+                 scan_backend: str = "auto"):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"channels {d_model} not divisible by {heads} heads")
+        self.heads, self.threshold = heads, sra_threshold
+        width = d_model // heads
+        self.split = nn.Linear(d_model, heads * width, bias=False)
+        self.scans = nn.ModuleList(
+            RouteScan(width, (a, b, a + "_rev", b + "_rev"), d_state, scan_backend=scan_backend)
+            for a, b in (FAMILIES[i % len(FAMILIES)] for i in range(heads)))
+        self.norm = nn.LayerNorm(heads * width)
+        self.merge = nn.Linear(heads * width, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, c, D, H, W) -> (b, c, D, H, W)."""
+        b, c = x.shape[:2]
+        spatial = x.shape[2:]
+        parts = self.split(x.flatten(2).transpose(1, 2)).chunk(self.heads, dim=-1)  # (b, l, w) each
+        fused = [scan_route_attention(scan(p.transpose(1, 2).reshape(b, -1, *spatial)), self.threshold)
+                 for p, scan in zip(parts, self.scans, strict=True)]
+        y = torch.cat(fused, dim=1).transpose(1, 2)  # (b, l, h*w)
+        return self.merge(self.norm(y)).transpose(1, 2).reshape(b, c, *spatial)

@@ -1,0 +1,79 @@
+"""SS3D: VM-UNet's SS2D made 3D. One feature map is read along K routes, all K*d_inner channels go
+through ONE selective-scan call (B/C grouped per route), and the K outputs are merged back onto the grid.
+
+Each route has its own x_proj, dt_proj, A and D, as in the original. Default routes (K=6): three raster
+orders that each make a different axis the fastest, forward and reversed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmamba.kernels import build_routes, cross_scan, cross_unscan, selective_scan
+
+DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
+
+
+class RouteScan(nn.Module):
+    """Selective scan of a (b, c, D, H, W) map along K routes with per-route parameters.
+
+    Returns the K route outputs back in raster order, (b, K, c, l): SS3D sums them, MHS fuses them.
+    """
+
+    def __init__(self, channels: int, routes: tuple[str, ...] = DEFAULT_ROUTES, d_state: int = 16,
+                 dt_rank: int | str = "auto", scan_backend: str = "auto"):
+        super().__init__()
+        K, c = len(routes), channels
+        self.routes, self.d_state, self.scan_backend = tuple(routes), d_state, scan_backend
+        self.dt_rank = math.ceil(c / 16) if dt_rank == "auto" else int(dt_rank)
+        self.x_proj = nn.Parameter(torch.randn(K, self.dt_rank + 2 * d_state, c) * c**-0.5)
+        self.dt_proj = nn.Parameter(torch.empty(K, c, self.dt_rank).uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5))
+        dt = torch.exp(torch.rand(K, c) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(K * c, 1))
+        self.D = nn.Parameter(torch.ones(K * c))
+        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def route_table(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        if shape not in self._cache:  # index tables depend only on the grid: build once per stage shape
+            self._cache[shape] = build_routes(shape, self.routes)
+        return self._cache[shape]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        K = len(self.routes)
+        routes = self.route_table(tuple(x.shape[2:]))
+        seq = cross_scan(x, routes).view(b, K, c, -1)  # (b, K, c, l)
+        proj = torch.einsum("bkcl,krc->bkrl", seq, self.x_proj)
+        dt, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        delta = torch.einsum("bkrl,kcr->bkcl", dt, self.dt_proj).reshape(b, K * c, -1)
+        y = selective_scan(seq.reshape(b, K * c, -1), delta, -torch.exp(self.A_log.float()), B.contiguous(),
+                           C.contiguous(), D=self.D.float(), delta_bias=self.dt_bias.reshape(-1).float(),
+                           delta_softplus=True, backend=self.scan_backend)
+        return cross_unscan(y, routes)
+
+
+class SS3D(nn.Module):
+    """in_proj -> depthwise conv3d + SiLU -> K-route scan (summed) -> LayerNorm -> * SiLU(z) -> out_proj."""
+
+    def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 3,
+                 routes: tuple[str, ...] = DEFAULT_ROUTES, scan_backend: str = "auto"):
+        super().__init__()
+        d_inner = int(expand * d_model)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv = nn.Conv3d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
+        self.scan = RouteScan(d_inner, tuple(routes), d_state, scan_backend=scan_backend)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, D, H, W, c) channels-last."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv(u.permute(0, 4, 1, 2, 3)))
+        y = self.scan(u).sum(1)  # (b, c, l)
+        y = self.out_norm(y.transpose(1, 2)).reshape(z.shape) * F.silu(z)
+        return self.out_proj(y)
