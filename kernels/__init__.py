@@ -29,8 +29,10 @@ def _core(backend: str, device: torch.device):
         return cpu.scan_core_cpu
     if backend == "fallback":
         return cpu.scan_core_chunked
-    if backend == "triton":
-        raise NotImplementedError("the Triton selective-scan backend is not implemented yet; use backend='ref'")
+    if backend == "triton":  # imported lazily: TRITON_INTERPRET must be set before triton's kernels are
+        from .triton_scan import scan_core_triton
+
+        return scan_core_triton
     raise ValueError(f"unknown scan backend '{backend}' (choose from {', '.join(BACKENDS)})")
 
 
