@@ -35,12 +35,21 @@ def mlstm_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_gate: to
 
 
 def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_gate: torch.Tensor,
-                    f_gate: torch.Tensor, *, chunk: int = 64, eps: float = 1e-6) -> torch.Tensor:
+                    f_gate: torch.Tensor, *, chunk: int = 64, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
     """Chunkwise stabilised mLSTM: the parallel form inside chunks of `chunk` tokens, a matrix state across them.
 
     Same result as `mlstm_parallel` (the max-state m is carried exactly, so even the stabiliser agrees),
     with memory O(l * chunk) instead of O(l^2): a 32^3 volume is 32768 tokens. Works under autograd.
+    backend: "torch" (these ops), "triton" (Triton forward kernels, see triton_mlstm), "auto" (triton on CUDA).
     """
+    if chunk < 1:
+        raise ValueError(f"mLSTM chunk must be >= 1, got {chunk}")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"unknown mLSTM backend '{backend}' (choose from auto, torch, triton)")
+    if backend == "triton" or (backend == "auto" and q.is_cuda):
+        from .triton_mlstm import mlstm_chunkwise_triton  # lazy: TRITON_INTERPRET is read when triton loads
+
+        return mlstm_chunkwise_triton(q, k, v, i_gate, f_gate, chunk=chunk, eps=eps)
     b, h, length, dqk = q.shape
     ct = _compute_dtype(q)
     logf = F.logsigmoid(f_gate.to(ct))

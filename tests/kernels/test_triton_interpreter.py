@@ -32,6 +32,40 @@ def test_triton_selective_scan_in_interpreter():
     _run_in_interpreter("scan")
 
 
+@pytest.mark.slow
+def test_triton_mlstm_in_interpreter():
+    _run_in_interpreter("mlstm")
+
+
+def _check_mlstm() -> None:
+    from medmamba.kernels import mlstm_chunkwise, mlstm_parallel
+
+    cases = [  # length, chunk, dk, dv, input-gate shift, forget-gate shift
+        (37, 16, 8, 8, 0.0, 3.0),  # padded last chunk, ViL-like open forget gates
+        (50, 16, 5, 12, -1.0, 0.0),  # head dims that are not powers of two, normaliser floor in play
+        (16, 8, 16, 16, 6.0, 0.0),  # chunk rounded up to 16; large input gates
+        (70, 32, 4, 4, 0.0, -2.0),  # fast forgetting
+    ]
+    for length, chunk, dk, dv, i_shift, f_shift in cases:
+        g = torch.Generator().manual_seed(length)
+        shapes = [(2, 2, length, dk), (2, 2, length, dk), (2, 2, length, dv), (2, 2, length), (2, 2, length)]
+        x = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+        x[3] = x[3] * 2 + i_shift
+        x[4] = x[4] * 2 + f_shift
+        ref_leaves = [t.clone().requires_grad_() for t in x]
+        ref = mlstm_parallel(*ref_leaves)
+        leaves = [t.float().requires_grad_() for t in x]
+        out = mlstm_chunkwise(*leaves, chunk=chunk, backend="triton")
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.detach().abs().max()))
+        w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        ref_g = torch.autograd.grad((ref * w).sum(), ref_leaves)
+        got_g = torch.autograd.grad((out * w.float()).sum(), leaves)
+        for name, r, o in zip("q k v i f".split(), ref_g, got_g, strict=True):
+            torch.testing.assert_close(o.double(), r, rtol=1e-4, atol=1e-4 * float(r.abs().max()), msg=name)
+    print("OK mlstm")
+
+
 def _check_scan() -> None:
     from test_selective_scan import make_inputs, run
 
@@ -64,4 +98,4 @@ def _check_scan() -> None:
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1"
     sys.path.insert(0, str(HERE))
-    {"scan": _check_scan}[sys.argv[1]]()
+    {"scan": _check_scan, "mlstm": _check_mlstm}[sys.argv[1]]()
