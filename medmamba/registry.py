@@ -50,6 +50,13 @@ NETWORKS: dict[str, NetworkSpec] = {
                     "VM-UNet 3D: VSS blocks with a 6-route SS3D scan"),
         NetworkSpec("mhs_vm", "medmamba.nets.mhs_vm.MHSVM", "medmamba.trainers.vm_unet.MHSVMTrainer", "mhs_vm",
                     "MHS-VM 3D: VM-UNet with a multi-head scan and Scan Route Attention"),
+        NetworkSpec("uxlstm_enc", "medmamba.nets.uxlstm.UXLSTM", "medmamba.trainers.uxlstm.UXLSTMEncTrainer",
+                    "uxlstm_enc", "xLSTM-UNet Enc: residual U-Net with ViL layers in the deeper encoder stages"),
+        NetworkSpec("uxlstm_bot", "medmamba.nets.uxlstm.UXLSTM", "medmamba.trainers.uxlstm.UXLSTMBotTrainer",
+                    "uxlstm_bot", "xLSTM-UNet Bot: residual U-Net with a ViL layer at the bottleneck"),
+        NetworkSpec("uxlstm_enc_nossm", "medmamba.nets.uxlstm.UXLSTM",
+                    "medmamba.trainers.uxlstm.UXLSTMEncNoSSMTrainer", "uxlstm_enc_nossm",
+                    "xLSTM-UNet Enc with the ViL layers removed (ablation)"),
     ]
 }
 
