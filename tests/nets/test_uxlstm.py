@@ -73,11 +73,101 @@ def test_vil_gate_initialisation():
     assert block.fgate.weight.abs().max() == 0 and block.igate.weight.abs().max() == 0
 
 
+HIPPO_STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+
+
+def test_forward_backward_at_a_hippocampus_like_patch():
+    torch.manual_seed(0)
+    net = UXLSTM(1, 3, True, strides=HIPPO_STRIDES, kernel_sizes=[[3, 3, 3]] * 4, features_per_stage=[4, 8, 8, 16],
+                 heads=2, chunk=64)
+    x = torch.randn(1, 1, 40, 56, 40)
+    outs = net(x)
+    assert [tuple(o.shape[2:]) for o in outs] == [(40, 56, 40), (20, 28, 20), (10, 14, 10)]
+    outs[0].mean().backward()
+    vil_grads = [p.grad for m in net.modules() if isinstance(m, ViLBlock) for p in m.parameters()]
+    assert vil_grads and all(g is not None and torch.isfinite(g).all() for g in vil_grads)
+
+
+def _configuration(features=(32, 64, 128, 256), **extra):
+    from types import SimpleNamespace
+
+    arch = {"n_stages": 4, "features_per_stage": list(features), "kernel_sizes": [[3, 3, 3]] * 4,
+            "strides": HIPPO_STRIDES, **extra}
+    return SimpleNamespace(network_arch_init_kwargs=arch, patch_size=[40, 56, 40])
+
+
+def test_trainers_build_each_variant_from_the_plan():
+    from medmamba.trainers.base import make_trainer
+
+    nets = {name: make_trainer(name, "cpu").build_network_architecture(None, _configuration(), 1, 3, True)
+            for name in ("uxlstm_enc", "uxlstm_bot", "uxlstm_enc_nossm")}
+    assert nets["uxlstm_enc"].vil_stages == [2, 3]  # 4-stage plan: first ViL stage moved up to n - 2
+    assert nets["uxlstm_bot"].vil_stages == [3]
+    assert nets["uxlstm_enc_nossm"].vil_stages == []
+    assert all(n.decoder.deep_supervision for n in nets.values())
+
+    def count(net, vil_only=False):
+        mods = [m for m in net.modules() if isinstance(m, ViLBlock)] if vil_only else [net]
+        return sum(p.numel() for m in mods for p in m.parameters())
+
+    # the ablation is exactly the Enc network minus its ViL blocks
+    assert count(nets["uxlstm_enc"]) - count(nets["uxlstm_enc"], True) == count(nets["uxlstm_enc_nossm"])
+    # a ResEnc plan's residual blocks per stage are followed
+    deep = make_trainer("uxlstm_bot", "cpu").build_network_architecture(
+        None, _configuration((4, 8, 8, 16), n_blocks_per_stage=[1, 2, 2, 3]), 1, 2, False)
+    assert [sum(type(b).__name__ == "BasicResBlock" for b in s) for s in deep.stages] == [1, 2, 2, 3]
+
+
+def test_trainer_refuses_a_preset_that_contradicts_the_network():
+    from medmamba.presets import load_preset
+    from medmamba.trainers.base import make_trainer
+
+    preset = load_preset("uxlstm_enc", "cpu")
+    preset["architecture"]["variant"] = "bot"
+    with pytest.raises(ValueError, match="variant"):
+        make_trainer("uxlstm_enc", "cpu", preset=preset).network_kwargs(_configuration())
+
+
+def test_vil_mixer_runs_in_fp32_under_autocast_with_the_preset_chunk(monkeypatch):
+    import medmamba.nets.blocks.vil as vil
+
+    real, seen = vil.mlstm_chunkwise, []
+
+    def spy(q, k, v, i_gate, f_gate, *, chunk, backend):
+        seen.append((torch.is_autocast_enabled("cpu"), q.dtype, i_gate.dtype, chunk, backend))
+        return real(q, k, v, i_gate, f_gate, chunk=chunk, backend=backend)
+
+    monkeypatch.setattr(vil, "mlstm_chunkwise", spy)
+    block = ViLBlock(8, heads=2, chunk=16, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(torch.randn(1, 40, 8))
+    assert seen == [(False, torch.float32, torch.float32, 16, "torch")]
+    assert torch.isfinite(out.float()).all()
+
+
+def test_chunk_size_does_not_change_the_block_output():
+    torch.manual_seed(1)
+    small, large = ViLBlock(8, heads=2, chunk=4), ViLBlock(8, heads=2, chunk=64)
+    with torch.no_grad():  # gates away from their init so the forget/input gates really vary per token
+        small.fgate.weight.normal_(std=0.5)
+        small.igate.weight.normal_(std=0.5)
+    large.load_state_dict(small.state_dict())
+    t = torch.randn(2, 37, 8)
+    torch.testing.assert_close(small(t), large(t), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("network", ["uxlstm_bot", "uxlstm_enc_nossm"])
-def test_trains_through_the_pipeline(tiny_workspace, network):
+@pytest.mark.parametrize("network", ["uxlstm_enc", "uxlstm_bot", "uxlstm_enc_nossm"])
+def test_trains_and_predicts_through_the_pipeline(tiny_workspace, tmp_path, network):
     from medmamba.train import train_model
 
     result = train_model(tiny_workspace, "Tiny", network, fold=0, preset="cpu", epochs=1, iterations=2,
                          device="cpu", validate=False)
     assert (result.fold_dir / "checkpoint_final.pth").is_file()
+    if network != "uxlstm_enc":  # one prediction round trip is enough: the rebuild path is shared
+        return
+    from medmamba.predict import predict_folder
+
+    images = tiny_workspace.raw / "Dataset500_Tiny" / "imagesTs"
+    res = predict_folder(images, tmp_path / "pred", result.model_dir, device="cpu")
+    assert not res.failed and len(res.written) == 2

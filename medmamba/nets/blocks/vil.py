@@ -46,12 +46,12 @@ class ViLBlock(nn.Module):
     """x + ViL(LN(x)) on (b, l, d) tokens; `reverse` reads the sequence backwards."""
 
     def __init__(self, dim: int, heads: int = 4, expand: int = 2, conv_kernel: int = 4, qkv_block: int = 4,
-                 chunk: int = 64, reverse: bool = False):
+                 chunk: int = 64, reverse: bool = False, backend: str = "auto"):
         super().__init__()
         inner = expand * dim
         if inner % heads or inner % qkv_block:
             raise ValueError(f"inner width {inner} must divide by heads {heads} and block {qkv_block}")
-        self.heads, self.chunk, self.reverse = heads, chunk, reverse
+        self.heads, self.chunk, self.reverse, self.backend = heads, chunk, reverse, backend
         self.norm = nn.LayerNorm(dim)
         self.proj_up = nn.Linear(dim, 2 * inner)
         self.conv_weight = nn.Parameter(torch.randn(inner, conv_kernel) * conv_kernel**-0.5)
@@ -81,7 +81,7 @@ class ViLBlock(nn.Module):
 
         with torch.autocast(t.device.type, enabled=False):
             h = mlstm_chunkwise(heads(q).float(), heads(k).float(), heads(v).float(), i_gate.transpose(1, 2).float(),
-                                f_gate.transpose(1, 2).float(), chunk=self.chunk)
+                                f_gate.transpose(1, 2).float(), chunk=self.chunk, backend=self.backend)
         # per-token, per-head normalisation: each token is a "sample" for GroupNorm (no mixing across tokens)
         h = self.outnorm(h.transpose(1, 2).reshape(b * length, -1)).reshape(b, length, -1)
         return self.proj_down((h + self.skip * xc) * F.silu(z))
