@@ -4,7 +4,8 @@ Two kernels: `_mlstm_states` walks the chunks of one (batch, head) sequentially 
 state (C, n, m) at every chunk start; `_mlstm_chunk_out` then computes every chunk's outputs in parallel
 from its (T x T) block and the carried state. The backward recomputes the PyTorch chunkwise graph and
 differentiates it (same O(l*chunk) memory, exact same numbers); a fused Triton backward is not written.
-Import lazily: TRITON_INTERPRET must be set before this module is imported for the CPU interpreter.
+Dots run in IEEE fp32 (no TF32) so the numbers match the PyTorch form. Import lazily: TRITON_INTERPRET
+must be set before this module is imported for the CPU interpreter to be used.
 """
 
 from __future__ import annotations
@@ -24,15 +25,30 @@ def _logsigmoid(x):
 
 
 @triton.jit
+def _load_chunk(k_ptr, v_ptr, i_ptr, f_ptr, bh, c, L, DK, DV, T: tl.constexpr, DKP: tl.constexpr,
+                DVP: tl.constexpr):
+    """Keys, values and gates of chunk c (zero / neutral past the end) and the in-chunk log-forget cumsum."""
+    offs_t = tl.arange(0, T)
+    offs_k = tl.arange(0, DKP)
+    offs_v = tl.arange(0, DVP)
+    pos = c * T + offs_t
+    tmask = pos < L
+    k = tl.load(k_ptr + (bh * L + pos[:, None]) * DK + offs_k[None, :], mask=tmask[:, None] & (offs_k < DK)[None, :],
+                other=0.0)
+    v = tl.load(v_ptr + (bh * L + pos[:, None]) * DV + offs_v[None, :], mask=tmask[:, None] & (offs_v < DV)[None, :],
+                other=0.0)
+    lf = tl.where(tmask, _logsigmoid(tl.load(f_ptr + bh * L + pos, mask=tmask, other=0.0)), 0.0)
+    ig = tl.load(i_ptr + bh * L + pos, mask=tmask, other=0.0)
+    return offs_t, offs_k, offs_v, pos, tmask, k, v, lf, ig, tl.cumsum(lf, axis=0)
+
+
+@triton.jit
 def _mlstm_states(k_ptr, v_ptr, i_ptr, f_ptr, c_ptr, n_ptr, m_ptr, L, DK, DV, NC,
                   T: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr):
     """State before each chunk: m' = max(g + m, max a), C' = e^(g+m-m') C + (K e^(a-m'))^T V, n likewise."""
     bh = tl.program_id(0)
-    offs_t = tl.arange(0, T)
     offs_k = tl.arange(0, DKP)
     offs_v = tl.arange(0, DVP)
-    kmask = offs_k < DK
-    vmask = offs_v < DV
     C = tl.zeros([DKP, DVP], dtype=tl.float32)
     n = tl.zeros([DKP], dtype=tl.float32)
     m = tl.max(tl.full([T], float("-inf"), tl.float32), axis=0)
@@ -41,21 +57,13 @@ def _mlstm_states(k_ptr, v_ptr, i_ptr, f_ptr, c_ptr, n_ptr, m_ptr, L, DK, DV, NC
         tl.store(c_ptr + sbase * DKP * DVP + offs_k[:, None] * DVP + offs_v[None, :], C)
         tl.store(n_ptr + sbase * DKP + offs_k, n)
         tl.store(m_ptr + sbase, m)
-        pos = c * T + offs_t
-        tmask = pos < L
-        k = tl.load(k_ptr + (bh * L + pos[:, None]) * DK + offs_k[None, :], mask=tmask[:, None] & kmask[None, :],
-                    other=0.0)
-        v = tl.load(v_ptr + (bh * L + pos[:, None]) * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :],
-                    other=0.0)
-        lf = tl.where(tmask, _logsigmoid(tl.load(f_ptr + bh * L + pos, mask=tmask, other=0.0)), 0.0)
-        ig = tl.load(i_ptr + bh * L + pos, mask=tmask, other=0.0)
-        bl = tl.cumsum(lf, axis=0)
+        _, _, _, _, tmask, k, v, lf, ig, bl = _load_chunk(k_ptr, v_ptr, i_ptr, f_ptr, bh, c, L, DK, DV, T, DKP, DVP)
         g = tl.sum(lf, axis=0)
         a = tl.where(tmask, g - bl + ig, float("-inf"))
         m_new = tl.maximum(g + m, tl.max(a, axis=0))
         old = tl.exp(g + m - m_new)
         wk = k * tl.exp(a - m_new)[:, None]
-        C = old * C + tl.dot(tl.trans(wk), v)
+        C = old * C + tl.dot(tl.trans(wk), v, input_precision="ieee")
         n = old * n + tl.sum(wk, axis=0)
         m = m_new
 
@@ -66,21 +74,10 @@ def _mlstm_chunk_out(q_ptr, k_ptr, v_ptr, i_ptr, f_ptr, c_ptr, n_ptr, m_ptr, h_p
     """Outputs of one chunk: decay-masked (T x T) attention plus the carried state, one stabiliser per row."""
     bh = tl.program_id(0)
     c = tl.program_id(1)
-    offs_t = tl.arange(0, T)
-    offs_k = tl.arange(0, DKP)
-    offs_v = tl.arange(0, DVP)
-    kmask = offs_k < DK
-    vmask = offs_v < DV
-    pos = c * T + offs_t
-    tmask = pos < L
-    qk_mask = tmask[:, None] & kmask[None, :]
-    q = tl.load(q_ptr + (bh * L + pos[:, None]) * DK + offs_k[None, :], mask=qk_mask, other=0.0) * scale
-    k = tl.load(k_ptr + (bh * L + pos[:, None]) * DK + offs_k[None, :], mask=qk_mask, other=0.0)
-    v = tl.load(v_ptr + (bh * L + pos[:, None]) * DV + offs_v[None, :], mask=tmask[:, None] & vmask[None, :],
-                other=0.0)
-    lf = tl.where(tmask, _logsigmoid(tl.load(f_ptr + bh * L + pos, mask=tmask, other=0.0)), 0.0)
-    ig = tl.load(i_ptr + bh * L + pos, mask=tmask, other=0.0)
-    bl = tl.cumsum(lf, axis=0)
+    offs_t, offs_k, offs_v, pos, tmask, k, v, lf, ig, bl = _load_chunk(k_ptr, v_ptr, i_ptr, f_ptr, bh, c, L, DK, DV,
+                                                                       T, DKP, DVP)
+    q = tl.load(q_ptr + (bh * L + pos[:, None]) * DK + offs_k[None, :],
+                mask=tmask[:, None] & (offs_k < DK)[None, :], other=0.0) * scale
     keep = (offs_t[:, None] >= offs_t[None, :]) & tmask[None, :]
     log_d = tl.where(keep, bl[:, None] - bl[None, :] + ig[None, :], float("-inf"))
     sbase = bh * NC + c
@@ -89,12 +86,12 @@ def _mlstm_chunk_out(q_ptr, k_ptr, v_ptr, i_ptr, f_ptr, c_ptr, n_ptr, m_ptr, h_p
     n_prev = tl.load(n_ptr + sbase * DKP + offs_k)
     inter = bl + m_prev
     m = tl.maximum(tl.max(log_d, axis=1), inter)
-    s = tl.dot(q, tl.trans(k)) * tl.exp(log_d - m[:, None])
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * tl.exp(log_d - m[:, None])
     w = tl.exp(inter - m)
-    num = tl.dot(s, v) + tl.dot(q, C) * w[:, None]
+    num = tl.dot(s, v, input_precision="ieee") + tl.dot(q, C, input_precision="ieee") * w[:, None]
     den = tl.sum(s, axis=1) + tl.sum(q * n_prev[None, :], axis=1) * w
     h = num / (tl.maximum(tl.abs(den), tl.exp(-m)) + eps)[:, None]
-    tl.store(h_ptr + (bh * L + pos[:, None]) * DV + offs_v[None, :], h, mask=tmask[:, None] & vmask[None, :])
+    tl.store(h_ptr + (bh * L + pos[:, None]) * DV + offs_v[None, :], h, mask=tmask[:, None] & (offs_v < DV)[None, :])
 
 
 def _forward(q, k, v, i_gate, f_gate, chunk: int, eps: float) -> torch.Tensor:

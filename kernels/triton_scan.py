@@ -26,6 +26,18 @@ CHUNK = 64
 
 
 @triton.jit
+def _channel_block(pdb, A_ptr, D, N, BD: tl.constexpr, NP: tl.constexpr):
+    """Offsets and masks of one block of BD channels (state padded to NP), and its rows of A."""
+    offs_d = pdb * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    dmask = offs_d < D
+    nmask = offs_n < N
+    mask2 = dmask[:, None] & nmask[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask2, other=0.0)
+    return offs_d, offs_n, dmask, nmask, mask2, A
+
+
+@triton.jit
 def _scan_chunk_fwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, x0_ptr, y_ptr, end_ptr, hist_ptr,
                     L, D, N, G, DPG, NC,
                     BD: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
@@ -34,13 +46,8 @@ def _scan_chunk_fwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, x0_ptr, y_ptr, end_ptr, 
     pb = tl.program_id(0)
     pdb = tl.program_id(1)
     pc = tl.program_id(2)
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    dmask = offs_d < D
-    nmask = offs_n < N
-    mask2 = dmask[:, None] & nmask[None, :]
+    offs_d, offs_n, dmask, nmask, mask2, A = _channel_block(pdb, A_ptr, D, N, BD, NP)
     gi = (pdb * BD) // DPG
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask2, other=0.0)
     state_off = ((pb * D + offs_d[:, None]) * NC + pc) * N + offs_n[None, :]
     h = tl.load(x0_ptr + state_off, mask=mask2, other=0.0)
     row = (pb * D + offs_d) * L  # (BD,)
@@ -70,11 +77,7 @@ def _carry(end_ptr, dtsum_ptr, A_ptr, x_ptr, D, N, NC,
     """x_c = exp(A * S_{c-1}) x_{c-1} + E_{c-1} over chunks (reverse: x_c = exp(A S_{c+1}) x_{c+1} + E_{c+1})."""
     pb = tl.program_id(0)
     pdb = tl.program_id(1)
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    dmask = offs_d < D
-    mask2 = dmask[:, None] & (offs_n < N)[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask2, other=0.0)
+    offs_d, offs_n, dmask, _, mask2, A = _channel_block(pdb, A_ptr, D, N, BD, NP)
     x = tl.zeros([BD, NP], dtype=tl.float32)
     for i in range(0, NC):
         c = i
@@ -100,13 +103,8 @@ def _scan_chunk_bwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dy_ptr, q0_ptr, zend_ptr
     pb = tl.program_id(0)
     pdb = tl.program_id(1)
     pc = tl.program_id(2)
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    dmask = offs_d < D
-    nmask = offs_n < N
-    mask2 = dmask[:, None] & nmask[None, :]
+    offs_d, offs_n, dmask, nmask, mask2, A = _channel_block(pdb, A_ptr, D, N, BD, NP)
     gi = (pdb * BD) // DPG
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask2, other=0.0)
     state_off = ((pb * D + offs_d[:, None]) * NC + pc) * N + offs_n[None, :]
     q = tl.load(q0_ptr + state_off, mask=mask2, other=0.0)
     dA_acc = tl.zeros([BD, NP], dtype=tl.float32)

@@ -110,3 +110,28 @@ def test_all_flags_combinations_have_same_shape():
                            inputs["C"].float(), D=inputs["D"].float() if use_d else None,
                            z=inputs["z"].float() if use_z else None, backend="cpu")
         assert y.shape == (1, 4, 9)
+
+
+def test_no_compiler_falls_back_with_one_warning(monkeypatch):
+    """Where the C++ build fails, 'auto' must still scan (PyTorch fallback) and warn exactly once."""
+    import warnings
+
+    from medmamba.kernels import cpu
+
+    def broken(verbose=False):
+        raise RuntimeError("Error building extension: no C++ compiler found")
+
+    monkeypatch.setattr(cpu, "_EXT", None)
+    monkeypatch.setattr(cpu, "_BUILD_FAILED", None)
+    monkeypatch.setattr(cpu, "load_extension", broken)
+    inputs = {k: v.float() for k, v in make_inputs(b=1, d=4, length=19).items()}
+    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = selective_scan(*args, delta_softplus=True)
+        second = selective_scan(*args, delta_softplus=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "no C++ compiler" in messages[0] and "fallback" in messages[0]
+    ref = selective_scan(*(t.double() for t in args), delta_softplus=True, backend="ref")
+    torch.testing.assert_close(first.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(second, first)
