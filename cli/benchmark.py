@@ -20,6 +20,8 @@ def benchmark(
     networks: Annotated[str | None, typer.Option(help="Comma-separated networks [default: all registered].")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions (median is reported).")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads [default: torch's choice].")] = None,
+    preset: Annotated[str, typer.Option(help="Preset profile whose architecture and batch limit are measured.")]
+    = "cpu",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows as JSON.")] = None,
     workdir: WorkdirOption = None,
 ) -> None:
@@ -38,7 +40,8 @@ def benchmark(
         names.insert(0, "nnunet")
     with progress_bar() as bar:
         task = bar.add_task("networks", total=len(names))
-        rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task))
+        rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task),
+                                  profile=preset)
     add_ratios(rows)
     table = Table(title=f"{folder.name}: cost per network (ratios to nnunet, same run)")
     for col in ("network", "params (M)", "GFLOPs/patch", "of which scans", "forward (s)", "train iter (s)",

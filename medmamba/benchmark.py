@@ -1,10 +1,11 @@
 """Cost of every registered network on one dataset's plan: parameters, FLOPs, CPU latency, memory.
 
-Each network is measured in its own subprocess so that peak memory (max RSS) belongs to that network
-alone and one network's allocator state cannot slow the next. FLOPs are counted by
-torch.utils.flop_counter (convolutions, matmuls) plus the selective scans' own FLOPs, which generic
-counters miss because the scan is elementwise work inside a kernel: 9 FLOPs per state update
-(exp, two multiplies and an add for the recurrence, a multiply-add for the readout), as mamba_ssm counts.
+Architectures and batch limits come from each preset's profile (`cpu` by default: the networks as
+they train on a CPU, batch capped at 2). Each network is measured in its own subprocess, so that peak
+memory (max RSS) belongs to that network alone and no allocator state carries over. FLOPs are counted
+by torch.utils.flop_counter (convolutions, matmuls) plus the selective scans' own FLOPs, which generic
+counters miss because the scan is elementwise work inside a kernel: 9 FLOPs per state update (exp, two
+multiplies and an add for the recurrence, a multiply-add for the readout), as mamba_ssm counts.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def count_scan_flops(counter: dict[str, float]):
             module.selective_scan = original
 
 
-def _build(network: str, model_source: Path, deep_supervision: bool):
+def _build(network: str, model_source: Path, deep_supervision: bool, profile: str = "cpu"):
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -55,7 +56,7 @@ def _build(network: str, model_source: Path, deep_supervision: bool):
 
     plans = json.loads((model_source / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((model_source / "dataset.json").read_text())
-    trainer = make_trainer(network, "default")
+    trainer = make_trainer(network, profile)
     from medmamba.trainers.base import apply_limits
 
     apply_limits(plans, "3d_fullres", trainer.preset.get("limits", {}))
@@ -67,7 +68,8 @@ def _build(network: str, model_source: Path, deep_supervision: bool):
     return net, cm, n_in, n_out
 
 
-def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
+def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads: int | None = None,
+                profile: str = "cpu") -> dict[str, Any]:
     """Measure one network in this process (called in a fresh subprocess by `benchmark_networks`)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -75,7 +77,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net, cm, n_in, n_out = _build(network, preprocessed_dir, deep_supervision=False)
+    net, cm, n_in, n_out = _build(network, preprocessed_dir, deep_supervision=False, profile=profile)
     patch = list(cm.patch_size)
     batch = int(cm.batch_size)
     params = sum(p.numel() for p in net.parameters())
@@ -93,7 +95,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
             net(x1)
             latencies.append(time.perf_counter() - t)
     # one training iteration at the plan's batch size, with deep supervision as in training
-    net_ds, *_ = _build(network, preprocessed_dir, deep_supervision=True)
+    net_ds, *_ = _build(network, preprocessed_dir, deep_supervision=True, profile=profile)
     net_ds.train()
     opt = torch.optim.SGD(net_ds.parameters(), lr=1e-3, momentum=0.9)
     xb = torch.randn(batch, n_in, *patch)
@@ -123,16 +125,17 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "patch_size": patch,
         "batch_size": batch,
+        "profile": profile,
     }
 
 
 def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int = 3, threads: int | None = None,
-                       on_result=None) -> list[dict[str, Any]]:
+                       on_result=None, profile: str = "cpu") -> list[dict[str, Any]]:
     """Run `measure_one` for each network in its own subprocess; errors are reported, not raised."""
     results = []
     for name in networks:
         cmd = [sys.executable, "-m", "medmamba.benchmark", name, str(preprocessed_dir), str(repeats),
-               str(threads or 0)]
+               str(threads or 0), profile]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -158,5 +161,5 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
 
 
 if __name__ == "__main__":
-    name, folder, reps, thr = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(measure_one(name, folder, reps, thr or None)))
+    name, folder, reps, thr, prof = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    print(json.dumps(measure_one(name, folder, reps, thr or None, prof)))
