@@ -92,32 +92,51 @@ def _epoch_label(epoch: int, total: int, last: dict[str, Any] | None, loss: floa
 
 @handle_errors
 def predict(
-    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of NIfTI images (CASE_0000.nii.gz or "
-                                            "CASE.nii.gz for one channel).")],
-    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for CASE.nii.gz label maps.")],
-    model_dir: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (printed by train).")],
+    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Images: a folder (CASE_0000.nii.gz ..., CASE.nii.gz "
+                                            "for one channel, .nrrd, .mha/.mhd, DICOM series subfolders), one "
+                                            "image file, or one DICOM series folder.")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for CASE.nii.gz label maps and "
+                                             "predict_summary.json.")],
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (printed by train) or a "
+                                            "bundle folder/.zip (from export; hashes checked before loading).")],
     folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to ensemble [default: all].")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation "
                                              "[default: on for GPU, off for CPU].", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     step_size: Annotated[float, typer.Option(help="Sliding-window step as a fraction of the patch.")] = 0.5,
+    fast: Annotated[bool, typer.Option("--fast", help="CPU speed: no TTA and a sliding-window step of 0.7.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: torch's choice].")] = None,
+    max_voxels: Annotated[int, typer.Option(help="Refuse images with more voxels than this per channel (read from "
+                                            "the header, before any voxel).")] = 512 * 512 * 1024,
+    resume: Annotated[bool, typer.Option("--continue", help="Keep complete outputs of an earlier (killed) run; "
+                                         "predict only the rest.")] = False,
+    series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID to use where a folder holds several "
+                                               "series.")] = None,
     ref: Annotated[Path | None, typer.Option(help="Reference labels: also write a report to OUTPUT/report/.")] = None,
     pdf: Annotated[bool, typer.Option(help="With --ref: also render the report as PDF.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
 ) -> None:
-    """Segment a folder of images; labels are written on each input's own grid."""
+    """Segment images; labels are written on each input's own grid, every case is listed in predict_summary.json."""
     from medmamba.predict import predict_folder
 
     with progress_bar() as bar:
-        task = bar.add_task("predicting", total=None)
+        state: dict[str, Any] = {}
+
+        def on_start(n_cases: int) -> None:
+            state["task"] = bar.add_task("predicting", total=n_cases)
 
         def on_case(case: str, error: str | None) -> None:
-            bar.advance(task)
+            bar.update(state["task"], advance=1, description=f"predicted {case}")
             if error:
                 err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
 
-        result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case)
-    console.print(f"{len(result.written)} case(s) written to {output_dir}, {len(result.failed)} failed")
-    if ref is not None and result.written:
+        result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
+                                verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
+                                series=series, on_start=on_start)
+    skipped = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""
+    console.print(f"{len(result.written)} case(s) written to {output_dir}{skipped}, {len(result.failed)} failed; "
+                  f"summary: {result.summary}", highlight=False, soft_wrap=True)
+    if ref is not None and (result.written or result.skipped):
         from medmamba.report import report_for_prediction
 
         with console.status("writing report"):

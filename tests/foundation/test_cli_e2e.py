@@ -107,7 +107,7 @@ def test_truncated_input_fails_alone_and_leaves_no_partial_file(trained, tmp_pat
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "broken_0000.nii.gz" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "predict_summary.json"]
 
 
 def test_help_lists_commands_with_examples():
