@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from medmamba.kernels import mlstm_chunkwise, mlstm_parallel, selective_scan
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
+def _time(fn, repeats: int, warmup: bool = True) -> float:
+    """Best of `repeats` runs; the slow reference skips the warm-up (its first run is no different)."""
+    if warmup:
+        fn()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -63,8 +65,8 @@ def scan_rows(b: int, d: int, n: int, length: int, skip_ref_backward: bool) -> l
 
     rows = []
     torch.set_num_threads(1)
-    ref_f = _time(fwd("ref"), 1)
-    ref_fb = float("nan") if skip_ref_backward else _time(fwd_bwd("ref"), 1)
+    ref_f = _time(fwd("ref"), 1, warmup=False)
+    ref_fb = float("nan") if skip_ref_backward else _time(fwd_bwd("ref"), 1, warmup=False)
     rows.append(("ref (per-step PyTorch loop)", 1, ref_f, ref_fb))
     rows.append(("fallback (chunked PyTorch)", 1, _time(fwd("fallback"), 1), _time(fwd_bwd("fallback"), 1)))
     for threads in (1, 2):

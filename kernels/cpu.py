@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -33,6 +34,25 @@ def _source() -> Path:
     return Path(str(resources.files("medmamba.kernels") / "csrc" / "selective_scan.cpp"))
 
 
+def arch_flags() -> list[str]:
+    """-mavx2 -mfma where this x86-64 CPU has them (8-wide vectorised expf through libmvec), else nothing.
+
+    Not -march=native: a kernel prebuilt into a Docker image must still run on another AVX2 machine. The
+    flags are part of the cache key, so a CPU without AVX2 builds (or falls back) on its own.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        cpu_flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                cpu_flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
+
+
 def load_extension(verbose: bool = False) -> Any:
     """Build (first time) or load the compiled kernel; raises RuntimeError when that is impossible."""
     global _EXT
@@ -41,10 +61,11 @@ def load_extension(verbose: bool = False) -> Any:
     from torch.utils.cpp_extension import load
 
     src = _source()
-    tag = hashlib.sha256(src.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    flags = ["-O3", "-ffast-math", "-fopenmp", *arch_flags()]
+    key = src.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()
+    tag = hashlib.sha256(key).hexdigest()[:12]
     folder = cache_dir() / f"selective_scan_{tag}"
     folder.mkdir(parents=True, exist_ok=True)
-    flags = ["-O3", "-ffast-math", "-fopenmp", "-march=native"]
     _EXT = load(name=f"medmamba_selective_scan_{tag}", sources=[str(src)], extra_cflags=flags,
                 extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose)
     return _EXT
