@@ -133,6 +133,8 @@ def predict(
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
                                 verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
                                 series=series, on_start=on_start)
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     skipped = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""
     console.print(f"{len(result.written)} case(s) written to {output_dir}{skipped}, {len(result.failed)} failed; "
                   f"summary: {result.summary}", highlight=False, soft_wrap=True)

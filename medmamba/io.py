@@ -449,10 +449,12 @@ def read_dicom_case(folder: Path, files: list[str], max_voxels: int | None = DEF
                    max_voxels)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{folder}: unreadable DICOM series ({itk_reason(exc)})") from None
+    warnings = _slice_warnings(folder, reader, len(files))
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{folder}: expected a 3D single-component series, got {img.GetDimension()}D with "
                          f"{img.GetNumberOfComponentsPerPixel()} components")
@@ -460,7 +462,28 @@ def read_dicom_case(folder: Path, files: list[str], max_voxels: int | None = DEF
     check_geometry(str(folder), geometry[3], geometry[0], geometry[1], geometry[2], max_voxels)
     data = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
     _finite(str(folder), data)
-    return data[None], _props(geometry)
+    props = _props(geometry)
+    props["warnings"] = warnings
+    return data[None], props
+
+
+def _slice_warnings(folder: Path, reader: sitk.ImageSeriesReader, n: int) -> list[str]:
+    """Gaps and uneven slice distances along the slice normal (a missing slice shifts everything after it)."""
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+        cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+    except (RuntimeError, ValueError):
+        return [f"{folder}: slice positions unreadable; spacing taken from the first slices"]
+    if n < 3:
+        return []
+    normal = np.cross(cosines[:3], cosines[3:6])
+    steps = np.diff(positions @ normal)
+    typical = float(np.median(steps))
+    if typical == 0 or np.any(np.abs(steps - typical) > 0.01 * abs(typical) + 1e-4):
+        worst = float(steps[np.argmax(np.abs(steps - typical))])
+        return [f"{folder}: non-uniform slice spacing (typical {abs(typical):.4g} mm, one step {abs(worst):.4g} mm): "
+                "missing slices? the volume is resampled as if uniform"]
+    return []
 
 
 def read_case_input(case: CaseInput, max_voxels: int | None = DEFAULT_MAX_VOXELS,

@@ -62,6 +62,7 @@ class PredictResult:
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[Path] = field(default_factory=list)  # complete outputs kept by resume
     summary: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # suspicious but usable inputs (DICOM slice gaps)
 
 
 def find_folds(model_dir: Path, folds: list[str] | None, checkpoint: str | None = None) -> list[tuple[str, Path]]:
@@ -195,6 +196,9 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
         else:
             try:
                 data, props = read_case_input(case, max_voxels, model.n_channels)
+                if props.get("warnings"):
+                    record["warnings"] = props["warnings"]
+                    result.warnings.extend(props["warnings"])
                 with torch.inference_mode(), quiet(not verbose):
                     seg = model.predictor.predict_single_npy_array(data, props, None, None, False)
                 write_label_map(seg, props, out)

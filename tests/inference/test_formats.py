@@ -91,3 +91,20 @@ def test_fast_and_threads_options(tiny_model, tmp_path):
     proc = run_cli("predict", "-i", str(images / "phantom_007_0000.nii.gz"), "-o", str(tmp_path / "cap"),
                    "-m", str(model_dir), "--max-voxels", "1000")
     assert proc.returncode == 1 and "exceed the limit of 1,000" in proc.stderr
+
+
+def test_dicom_missing_slice_is_reported(tmp_path):
+    """GDCM orders and reads a series with a gap; the gap must be reported, not silently resampled."""
+    from medmamba.io import collect_cases, read_case_input
+
+    img = sitk.GetImageFromArray((np.arange(10 * 12 * 14).reshape(10, 12, 14) % 97).astype(np.float32))
+    img.SetSpacing((0.8, 0.9, 2.0))
+    write_dicom_series(img, tmp_path / "s", "1.2.826.0.1.3680043.2.1125.41")
+    data, props = read_case_input(collect_cases(tmp_path / "s", 1)[0])
+    assert data.shape == (1, 10, 12, 14) and props["warnings"] == []
+    np.testing.assert_allclose(props["sitk_stuff"]["spacing"], (0.8, 0.9, 2.0), atol=1e-5)
+    np.testing.assert_array_equal(data[0], sitk.GetArrayFromImage(img))
+    (tmp_path / "s" / "IM0004.dcm").unlink()
+    data, props = read_case_input(collect_cases(tmp_path / "s", 1)[0])
+    assert data.shape == (1, 9, 12, 14)
+    assert len(props["warnings"]) == 1 and "non-uniform slice spacing" in props["warnings"][0]
