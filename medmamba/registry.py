@@ -48,7 +48,7 @@ NETWORKS: dict[str, NetworkSpec] = {
                     "LightM-UNet with the Mamba mixers removed (ablation)"),
         NetworkSpec("vm_unet", "medmamba.nets.vm_unet.VMUNet", "medmamba.trainers.vm_unet.VMUNetTrainer", "vm_unet",
                     "VM-UNet 3D: VSS blocks with a 6-route SS3D scan"),
-        NetworkSpec("mhs_vm", "medmamba.nets.mhs_vm.MHSVM", "medmamba.trainers.vm_unet.MHSVMTrainer", "mhs_vm",
+        NetworkSpec("mhs_vm", "medmamba.nets.mhs_vm.MHSVM", "medmamba.trainers.mhs_vm.MHSVMTrainer", "mhs_vm",
                     "MHS-VM 3D: VM-UNet with a multi-head scan and Scan Route Attention"),
         NetworkSpec("uxlstm_enc", "medmamba.nets.uxlstm.UXLSTM", "medmamba.trainers.uxlstm.UXLSTMEncTrainer",
                     "uxlstm_enc", "xLSTM-UNet Enc: residual U-Net with ViL layers in the deeper encoder stages"),

@@ -1,0 +1,46 @@
+"""Parameter-count script and trainer wiring of the Mamba networks (LightM-UNet, VM-UNet, MHS-VM)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medmamba.nets.params import count, main, nnunet_like_stages, plan_adapted
+
+# nnU-Net 2.8.1's 3d_fullres plan for Task04_Hippocampus (patch 40 x 56 x 40)
+HIPPO_STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+HIPPO_FEATURES = [32, 64, 128, 256]
+
+
+def test_stage_rule_reproduces_nnunets_hippocampus_plan():
+    assert nnunet_like_stages([40, 56, 40]) == (HIPPO_STRIDES, HIPPO_FEATURES)
+    # a thin axis stops pooling early: anisotropic strides
+    strides, _ = nnunet_like_stages([8, 64, 64])
+    assert strides[1] == [2, 2, 2] and strides[2] == [1, 2, 2]
+
+
+@pytest.mark.parametrize("network", ["lightm_unet", "lightm_unet_nossm", "vm_unet", "mhs_vm"])
+def test_trainer_builds_the_plan_adapted_network_the_script_counts(network):
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    from medmamba.trainers.base import make_trainer
+
+    cm = ConfigurationManager({
+        "patch_size": [40, 56, 40],
+        "architecture": {"network_class_name": "x", "_kw_requires_import": [],
+                         "arch_kwargs": {"n_stages": 4, "strides": HIPPO_STRIDES, "features_per_stage": HIPPO_FEATURES,
+                                         "kernel_sizes": [[3, 3, 3]] * 4}},
+    })
+    trainer = make_trainer(network, "cpu")
+    net = trainer.build_network_architecture(None, cm, 1, 3, True)
+    assert count(net) == count(plan_adapted(network, HIPPO_STRIDES, HIPPO_FEATURES, "cpu"))
+    assert net.decoder.deep_supervision is True
+    with torch.no_grad():  # one output per decoder stage, full resolution first (nnU-Net's DS weights)
+        outs = net(torch.zeros(1, 1, 16, 16, 16))
+    assert [tuple(o.shape[2:]) for o in outs] == [(16, 16, 16), (8, 8, 8), (4, 4, 4)]
+
+
+def test_script_prints_the_table(capsys):
+    main(["--patch", "40", "56", "40"])
+    out = capsys.readouterr().out
+    assert "| lightm_unet | 5.02M |" in out and "| vm_unet |" in out and "| mhs_vm |" in out
