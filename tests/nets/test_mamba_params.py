@@ -44,3 +44,16 @@ def test_script_prints_the_table(capsys):
     main(["--patch", "40", "56", "40"])
     out = capsys.readouterr().out
     assert "| lightm_unet | 5.02M |" in out and "| vm_unet |" in out and "| mhs_vm |" in out
+
+
+@pytest.mark.parametrize("network", ["lightm_unet", "vm_unet", "mhs_vm"])
+def test_forward_backward_at_the_hippocampus_patch(network):
+    """The real plan's patch (40 x 56 x 40, 89,600 voxels) through the preset network at small widths."""
+    torch.manual_seed(0)
+    net = plan_adapted(network, HIPPO_STRIDES, [8, 16, 32, 64], "cpu", input_channels=1, num_classes=3)
+    x = torch.randn(1, 1, 40, 56, 40)
+    outs = net(x)
+    assert [tuple(o.shape[2:]) for o in outs] == [(40, 56, 40), (20, 28, 20), (10, 14, 10)]
+    sum(o.float().square().mean() for o in outs).backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
