@@ -57,3 +57,23 @@ def test_forward_backward_at_the_hippocampus_patch(network):
     sum(o.float().square().mean() for o in outs).backward()
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("network", ["lightm_unet", "vm_unet", "mhs_vm"])
+def test_deep_supervision_shapes_are_nnunets_target_scales(network):
+    """Outputs must match the targets nnU-Net downsamples with its own scales, on an anisotropic plan."""
+    from types import SimpleNamespace
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
+    fake = SimpleNamespace(enable_deep_supervision=True,
+                           configuration_manager=SimpleNamespace(pool_op_kernel_sizes=strides))
+    scales = nnUNetTrainer._get_deep_supervision_scales(fake)
+    patch = (8, 32, 24)
+    torch.manual_seed(0)
+    net = plan_adapted(network, strides, [8, 16, 16, 32], "cpu", input_channels=1, num_classes=2)
+    with torch.no_grad():
+        outs = net(torch.zeros(1, 1, *patch))
+    assert [tuple(o.shape[2:]) for o in outs] == [tuple(round(p * s) for p, s in zip(patch, sc, strict=True))
+                                                  for sc in scales]
