@@ -18,8 +18,8 @@ def export(
     model_dir: Annotated[Path, typer.Argument(help="Trained model folder (printed by train).")],
     out: Annotated[Path, typer.Argument(help="Bundle folder to write (OUT.zip too with --zip).")],
     make_zip: Annotated[bool, typer.Option("--zip", help="Also write OUT.zip (same files).")] = False,
-    folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to include [default: all].")] = None,
-    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint file name [default: final, else best].")] = None,
+    folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to include (default: all).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint file name (default: final, else best).")] = None,
     intended_use: Annotated[str | None, typer.Option(help="Intended-use statement for metadata.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:

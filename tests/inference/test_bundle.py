@@ -124,3 +124,16 @@ def test_cli_refuses_tampered_bundle_in_one_line(tiny_bundle, tiny_model, tmp_pa
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "metadata.json: SHA256 mismatch" in lines[0], proc.stderr
     assert not out.exists()
+
+
+def test_export_command(tiny_model, tmp_path):
+    _, model_dir, _ = tiny_model
+    out = tmp_path / "b"
+    proc = run_cli("export", str(model_dir), str(out), "--zip", "--intended-use", "Phantom demo only.")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / SUMS).is_file() and out.with_name("b.zip").is_file()
+    bundle = load_bundle(out.with_name("b.zip"))
+    assert bundle.metadata["intended_use"] == "Phantom demo only." and bundle.bundle_id in proc.stdout
+    again = run_cli("export", str(model_dir), str(out))
+    assert again.returncode == 1 and "exists (use --overwrite)" in again.stderr
+    assert not list(tmp_path.glob(".*partial*")), "export left a temporary folder"
