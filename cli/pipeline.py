@@ -112,6 +112,8 @@ def predict(
                                          "predict only the rest.")] = False,
     series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID to use where a folder holds several "
                                                "series.")] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write CASE_probabilities.npz "
+                                                "(float16 class probabilities on the input grid).")] = False,
     ref: Annotated[Path | None, typer.Option(help="Reference labels: also write a report to OUTPUT/report/.")] = None,
     pdf: Annotated[bool, typer.Option(help="With --ref: also render the report as PDF.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
@@ -132,7 +134,7 @@ def predict(
 
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
                                 verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
-                                series=series, on_start=on_start)
+                                series=series, on_start=on_start, probabilities=probabilities)
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     skipped = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""

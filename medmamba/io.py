@@ -545,3 +545,13 @@ def output_complete(path: Path) -> bool:
     except InputError:
         return False
     return True
+
+
+def write_probabilities(probs: Any, path: Path) -> None:
+    """Class probabilities as float16 .npz (half the size; 3 significant digits), atomically."""
+    path = Path(path)
+    arr = np.asarray(probs.cpu().numpy() if hasattr(probs, "cpu") else probs, dtype=np.float16)
+    tmp = path.with_name(f".{path.name[:-4]}{PARTIAL_TAG}.npz")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, probabilities=arr)
+    os.replace(tmp, path)

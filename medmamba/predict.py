@@ -33,6 +33,7 @@ from medmamba.io import (
     remove_stale_partials,
     write_json_atomic,
     write_label_map,
+    write_probabilities,
 )
 from medmamba.train import quiet, resolve_device
 
@@ -154,11 +155,13 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
                    on_case: Callable[[str, str | None], None] | None = None, verbose: bool = False, *,
                    resume: bool = False, fast: bool = False, threads: int | None = None,
                    max_voxels: int | None = DEFAULT_MAX_VOXELS, series: str | None = None,
-                   on_start: Callable[[int], None] | None = None) -> PredictResult:
+                   on_start: Callable[[int], None] | None = None, probabilities: bool = False) -> PredictResult:
     """Predict every case of `input_dir` (folder, single file or DICOM series) into `output_dir`/CASE.nii.gz.
 
     `fast`: no mirroring TTA and a sliding-window step of at least 0.7 (fewer, less overlapping tiles).
     `resume`: keep complete outputs from an earlier (possibly killed) run instead of recomputing them.
+    `probabilities`: also CASE_probabilities.npz (float16, (classes, z, y, x) on the input grid), written
+    before the label map so a complete label map implies complete probabilities for --continue.
     """
     import SimpleITK as sitk
 
@@ -200,7 +203,10 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
                     record["warnings"] = props["warnings"]
                     result.warnings.extend(props["warnings"])
                 with torch.inference_mode(), quiet(not verbose):
-                    seg = model.predictor.predict_single_npy_array(data, props, None, None, False)
+                    seg = model.predictor.predict_single_npy_array(data, props, None, None, probabilities)
+                if probabilities:
+                    seg, probs = seg
+                    write_probabilities(probs, output_dir / f"{case.name}_probabilities.npz")
                 write_label_map(seg, props, out)
                 result.written.append(out)
                 record["output"] = str(out)

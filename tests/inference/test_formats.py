@@ -88,6 +88,15 @@ def test_fast_and_threads_options(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "predict_summary.json").read_text())
     assert summary["tta"] is False and summary["step_size"] == 0.7 and summary["threads"] == 1
+    proc = run_cli("predict", "-i", str(images / "phantom_007_0000.nii.gz"), "-o", str(tmp_path / "prob"),
+                   "-m", str(model_dir), "--probabilities")
+    assert proc.returncode == 0, proc.stderr
+    labels = _read(tmp_path / "prob" / "phantom_007.nii.gz")[1]
+    probs = np.load(tmp_path / "prob" / "phantom_007_probabilities.npz")["probabilities"]
+    assert probs.dtype == np.float16 and probs.shape == (3, *labels.shape)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    agree = (probs.argmax(0) == labels).mean()
+    assert agree > 0.99, agree  # float16 rounding may flip near-ties only
     proc = run_cli("predict", "-i", str(images / "phantom_007_0000.nii.gz"), "-o", str(tmp_path / "cap"),
                    "-m", str(model_dir), "--max-voxels", "1000")
     assert proc.returncode == 1 and "exceed the limit of 1,000" in proc.stderr
