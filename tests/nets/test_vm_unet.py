@@ -76,3 +76,10 @@ def test_trains_through_the_pipeline(tiny_workspace, network):
     result = train_model(tiny_workspace, "Tiny", network, fold=0, preset="cpu", epochs=1, iterations=2,
                          device="cpu", validate=False)
     assert (result.fold_dir / "checkpoint_final.pth").is_file()
+
+
+def test_ss3d_delta_rank_follows_the_model_width_as_ss2d():
+    from medmamba.nets.blocks.ss3d import SS3D
+
+    block = SS3D(96)  # SS2D: dt_rank = ceil(d_model / 16) = 6, not ceil(d_inner / 16) = 12
+    assert block.scan.dt_rank == 6 and tuple(block.scan.dt_proj.shape) == (6, 192, 6)

@@ -61,12 +61,14 @@ class SS3D(nn.Module):
     """in_proj -> depthwise conv3d + SiLU -> K-route scan (summed) -> LayerNorm -> * SiLU(z) -> out_proj."""
 
     def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 3,
-                 routes: tuple[str, ...] = DEFAULT_ROUTES, scan_backend: str = "auto"):
+                 routes: tuple[str, ...] = DEFAULT_ROUTES, scan_backend: str = "auto", dt_rank: int | str = "auto"):
         super().__init__()
         d_inner = int(expand * d_model)
+        # as SS2D: the delta rank follows the block's model width (ceil(d_model/16)), not the inner width
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv = nn.Conv3d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
-        self.scan = RouteScan(d_inner, tuple(routes), d_state, scan_backend=scan_backend)
+        self.scan = RouteScan(d_inner, tuple(routes), d_state, dt_rank, scan_backend=scan_backend)
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
