@@ -81,6 +81,7 @@ def plan_dataset(ws: Workspace, dataset: str | int, num_processes: int = 1, veri
         preprocess_dataset,
     )
 
+    ws.activate()  # several workspaces may be open in one process (tests, notebooks): point nnU-Net at ours
     name = dataset_name(dataset)
     did = dataset_id(name)
     try:

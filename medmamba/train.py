@@ -71,6 +71,7 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
     """Construct the trainer class directly (no lookup by name), train, and run nnU-Net's validation."""
     from medmamba.trainers.base import make_trainer
 
+    ws.activate()  # nnU-Net reads its folders from the environment: make sure they are this workspace's
     name = dataset_name(dataset)
     plans_file = ws.preprocessed / name / f"{PLANS_NAME}.json"
     if not plans_file.is_file():
