@@ -18,6 +18,16 @@ if not HIPPOCAMPUS.is_dir():  # the checkout may sit elsewhere; CI has shared/ b
     HIPPOCAMPUS = Path(os.environ.get("MEDMAMBA_HIPPOCAMPUS", "/nonexistent"))
 
 
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """Native readers (ITK/GDCM for DICOM) may switch the C locale; keep one test's switch out of the next."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory: pytest.TempPathFactory):
     """Workspace with Dataset500_Tiny: 6 training + 2 held-out phantoms of 32^3, planned for 3d_fullres."""

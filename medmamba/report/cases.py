@@ -103,7 +103,7 @@ def read_dataset_labels(ref_dir: Path) -> dict[int, str] | None:
         if not candidate.is_file():
             continue
         try:
-            raw = json.loads(candidate.read_text()).get("labels", {})
+            raw = json.loads(candidate.read_text(encoding="utf-8")).get("labels", {})
         except (json.JSONDecodeError, OSError, AttributeError) as exc:
             raise InputError(f"{candidate}: not a readable dataset.json ({exc})") from None
         names: dict[int, str] = {}

@@ -131,7 +131,7 @@ def write_training_report(fold_output_folder: Path, out_file: Path | None = None
     val_html = ""
     if validation.is_file():
         try:
-            summary = json.loads(validation.read_text())
+            summary = json.loads(validation.read_text(encoding="utf-8"))
             rows = [[esc(lab), fmt(v.get("Dice", math.nan), 4), fmt(v.get("IoU", math.nan), 4)]
                     for lab, v in summary.get("mean", {}).items()]
             val_html = "<h2>Validation (nnU-Net summary.json)</h2>" + table(["label", "Dice", "IoU"], rows)

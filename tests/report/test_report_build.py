@@ -69,7 +69,7 @@ def test_single_network_outputs(folders, tmp_path):
     assert by[("case_c", "2")]["dice"] == "NaN" and by[("case_c", "2")]["empty_ref"] == "1"
     assert by[("case_d", "1")]["touches_border"] == "0"
 
-    summary = json.loads(res.summaries[pred.name].read_text())
+    summary = json.loads(res.summaries[pred.name].read_text(encoding="utf-8"))
     assert {"metric_per_case", "mean", "foreground_mean", "manifest"} <= set(summary)
     case = summary["metric_per_case"][0]
     assert {"prediction_file", "reference_file", "metrics"} <= set(case)
@@ -87,7 +87,7 @@ def test_single_network_outputs(folders, tmp_path):
     assert man["runtime_s"]["total"] > 0 and man["settings"]["empty_policy"] == "nan"
     assert "compute_hausdorff_distance" in man["implementation"]["HD95"]
 
-    page = res.html.read_text()
+    page = res.html.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 1 + 4  # box plots + one overlay per case
     assert "http://" not in page and "https://" not in page and "<script" not in page
     # worst first: case_b (mean Dice 0.5) before case_a (0.875) before case_c/d
@@ -116,8 +116,8 @@ def test_empty_policy_one_and_explicit_labels(folders, tmp_path):
     ref, pred = folders
     res = build_report(ref, {"net": pred}, tmp_path / "o", empty_policy="one", labels=[2], nsd_tolerance_mm=3.0,
                        model_info={"net": {"model_id": "umamba_bot/fold_0", "sha256": "ab12"}})
-    assert json.loads(res.summaries["net"].read_text())["manifest"]["models"]["net"]["sha256"] == "ab12"
-    assert "umamba_bot/fold_0" in res.html.read_text()
+    assert json.loads(res.summaries["net"].read_text(encoding="utf-8"))["manifest"]["models"]["net"]["sha256"] == "ab12"
+    assert "umamba_bot/fold_0" in res.html.read_text(encoding="utf-8")
     rows = read_csv(res.csv)
     assert {r["label"] for r in rows} == {"2"}
     assert {r["case"]: r["dice"] for r in rows}["case_c"] == "1.0"
@@ -135,7 +135,7 @@ def test_comparison_paired_statistics(folders, tmp_path, nifti):
     names = sorted(p.name for p in res.out_dir.iterdir())
     assert names == ["comparison.json", "metrics.csv", "report.html", "report.pdf", "summary_bad.json",
                      "summary_good.json"]
-    comp = json.loads(res.comparison.read_text())
+    comp = json.loads(res.comparison.read_text(encoding="utf-8"))
     rows = read_csv(res.csv)
     d = {(r["network"], r["case"]): float(r["dice"]) for r in rows if r["label"] == "1"}
     diffs = [d[("bad", c)] - d[("good", c)] for c in ("case_a", "case_b", "case_c", "case_d")]
@@ -148,7 +148,7 @@ def test_comparison_paired_statistics(folders, tmp_path, nifti):
     s2 = comp["paired_vs_baseline"]["bad"]["2"]["dice"]
     assert s2["n_dropped_nan"] == 1  # case_c: label 2 absent in both -> NaN pair dropped
     assert comp["mean_std"]["good"]["1"]["dice"]["mean"] == pytest.approx(np.mean(good))
-    page = res.html.read_text()
+    page = res.html.read_text(encoding="utf-8")
     assert "Paired per-case differences" in page and "Wilcoxon" in page
     assert page.count("data:image/png;base64,") == 1 + 1 + 4  # box, paired plot, overlays
     assert res.pdf.read_bytes()[:5] == b"%PDF-"
@@ -167,7 +167,7 @@ def test_late_label_is_backfilled_and_missing_predictions_listed(tmp_path, nifti
     a2 = [r for r in rows if r["case"] == "a" and r["label"] == "2"][0]
     assert a2["dice"] == "NaN" and a2["empty_ref"] == "1" and a2["tn"] == str(8 ** 3)
     assert res.data.manifest["missing_predictions"] == {"p": ["c"]}
-    assert "have no prediction" in res.html.read_text()
+    assert "have no prediction" in res.html.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("break_it,message", [
@@ -246,7 +246,7 @@ def test_report_for_prediction_records_model_and_checkpoint_hashes(folders, tmp_
     (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"weights")
     res = report_for_prediction(ref, pred, model_dir=model)
     assert res.out_dir == pred / "report" and res.html.is_file()
-    info = json.loads(res.summaries[model.name].read_text())["manifest"]["models"][model.name]
+    info = json.loads(res.summaries[model.name].read_text(encoding="utf-8"))["manifest"]["models"][model.name]
     assert info["sha256 fold_0/checkpoint_final.pth"] == hashlib.sha256(b"weights").hexdigest()
     again = build_report(ref, pred, tmp_path / "again")  # the report sub-folder is not mistaken for a case
     assert again.n_cases == 4

@@ -39,7 +39,7 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium)")
 def test_html_opens_in_headless_chromium_and_shows_table_plots_overlays(comparison_report, tmp_path):
-    page = comparison_report.html.read_text()
+    page = comparison_report.html.read_text(encoding="utf-8")
     n_images = page.count("<img ")
     assert n_images == 1 + 1 + 6  # box plots, paired Dice plot, one overlay per case
     # 1) every inline picture decodes (naturalWidth > 0) once the page has loaded

@@ -71,7 +71,7 @@ def test_parse_nnunet_logs_with_resume(fold):
 def test_write_training_report(fold):
     out = write_training_report(fold)
     assert out == fold / "training_report.html"
-    page = out.read_text()
+    page = out.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 1
     assert "Validation (nnU-Net summary.json)" in page and "0.7500" in page
     assert "0.7321" in page and "fold_0" in page
