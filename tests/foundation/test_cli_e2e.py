@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "medmamba.cli", *args], capture_output=True, text=True,
-                          timeout=900)
+                          encoding="utf-8", timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"medmamba {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
