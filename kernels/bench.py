@@ -147,7 +147,7 @@ def main() -> None:
     print(f"{'form':10s} {'l':>6s} {'fwd (s)':>8s} {'fwd+bwd (s)':>12s} {'peak MiB':>9s} {'mem vs parallel':>16s}")
     par = rows_m[0][2]
     for form, length, r in rows_m:
-        ratio = f"{r['peak_mib'] / par['peak_mib']:.3f}x" if length == 4096 else "-"
+        ratio = f"{r['peak_mib'] / par['peak_mib']:.3f}x" if length == 4096 and par['peak_mib'] > 0 else "-"
         print(f"{form:10s} {length:6d} {r['fwd']:8.3f} {r['fwd_bwd']:12.3f} {r['peak_mib']:9.1f} {ratio:>16s}")
 
 
