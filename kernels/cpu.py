@@ -9,6 +9,7 @@ Where no compiler works, the chunked PyTorch path is used after a single warning
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import warnings
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 _EXT: Any = None
 _BUILD_FAILED: str | None = None
@@ -118,30 +120,43 @@ def scan_core_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
 
 
 def scan_core_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                      chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure PyTorch fallback: exact within-chunk solution with pairwise decays, carried state between chunks.
+                      chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure PyTorch fallback, chunk-parallel like the Triton kernel, so Python loops ~3 sqrt(l) steps, not l.
 
-    Within a chunk, h_t = sum_{s<=t} exp(sum_{s<r<=t} delta_r A) delta_s B_s u_s + exp(sum_{r<=t} delta_r A) h_0;
-    the pairwise exponents are differences of a local cumulative sum masked to s <= t, so every exp
-    argument is <= 0 and nothing overflows (the global log-space cumsum trick does, see scan-kernels.md).
+    The sequence is cut into nc chunks of T steps, and every step of the loop advances all chunks at once:
+    (1) scan every chunk from a zero state to get its end state E_c; (2) a short loop over chunks carries
+    the true start states X_c = exp(A S_{c-1}) X_{c-1} + E_{c-1} (S = the chunk's delta sum); (3) rescan
+    every chunk from X_c, writing y. Only decays within a chunk are ever exponentiated, and all tensors in
+    the loops are (b, d, n, nc): exact, no overflow, cache-sized.
     """
     b, d, length = u.shape
-    g = B.shape[1]
-    n = A.shape[1]
-    Bx = B.repeat_interleave(d // g, dim=1)  # (b, d, n, l)
-    Cx = C.repeat_interleave(d // g, dim=1)
-    h = u.new_zeros(b, d, n)
-    outs = []
-    for s0 in range(0, length, chunk):
-        s1 = min(length, s0 + chunk)
-        dt = delta[:, :, s0:s1]  # (b, d, T)
-        cum = torch.cumsum(dt[:, :, None, :] * A[None, :, :, None], dim=-1)  # (b, d, n, T)
-        diff = cum[..., :, None] - cum[..., None, :]  # (b, d, n, T_t, T_s)
-        T = s1 - s0
-        mask = torch.ones(T, T, dtype=torch.bool, device=u.device).tril()
-        decay = torch.exp(diff.masked_fill(~mask, float("-inf")))
-        x = (dt * u[:, :, s0:s1])[:, :, None, :] * Bx[..., s0:s1]  # (b, d, n, T)
-        hs = (decay * x[..., None, :]).sum(-1) + torch.exp(cum) * h[..., None]  # (b, d, n, T)
-        outs.append((hs * Cx[..., s0:s1]).sum(2))
-        h = hs[..., -1]
-    return torch.cat(outs, dim=-1), h.detach()
+    g, n = B.shape[1], A.shape[1]
+    T = chunk or max(16, min(256, math.ceil(math.sqrt(length))))
+    nc = -(-length // T)
+    pad = nc * T - length  # padded steps have delta = 0: decay 1, no input, so states pass through unchanged
+    dt = F.pad(delta, (0, pad)).view(b, g, d // g, nc, T)
+    x = F.pad(delta * u, (0, pad)).view(b, g, d // g, nc, T)
+    # step-major copies, so that every step of the loops reads contiguous slices
+    dt_s, x_s = (v.permute(4, 0, 1, 2, 3).unsqueeze(4).contiguous() for v in (dt, x))  # (T, b, g, dpg, 1, nc)
+    B_s, C_s = (F.pad(v, (0, pad)).view(b, g, 1, n, nc, T).permute(5, 0, 1, 2, 3, 4).contiguous()
+                for v in (B, C))  # (T, b, g, 1, n, nc)
+    Ag = A.view(g, d // g, n)[None, :, :, :, None]  # (1, g, dpg, n, 1)
+
+    def run(h: torch.Tensor, with_y: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        ys = []
+        for t in range(T):
+            h = torch.exp(dt_s[t] * Ag) * h + x_s[t] * B_s[t]
+            if with_y:
+                ys.append((h * C_s[t]).sum(3))
+        return h, ys
+
+    ends, _ = run(u.new_zeros(b, g, d // g, n, nc), with_y=False)
+    decay = torch.exp(dt.sum(-1)[:, :, :, None, :] * Ag)  # (b, g, dpg, n, nc): whole-chunk decay
+    carry = u.new_zeros(b, g, d // g, n)
+    starts = []
+    for c in range(nc):
+        starts.append(carry)
+        carry = decay[..., c] * carry + ends[..., c]
+    _, ys = run(torch.stack(starts, dim=-1), with_y=True)
+    y = torch.stack(ys, dim=-1)  # (b, g, dpg, nc, T)
+    return y.reshape(b, d, nc * T)[..., :length], carry.reshape(b, d, n).detach()
