@@ -47,6 +47,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     core = _core(backend, u.device)
     dtype_in = u.dtype
+    from . import cpu
+
+    if core is cpu.scan_core_cpu:  # the compiled kernel does bias, softplus, D and z itself
+        with torch.autocast(u.device.type, enabled=False):
+            f = [t.float() if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)]
+            Bf = f[3] if f[3].dim() == 4 else f[3][:, None]
+            Cf = f[4] if f[4].dim() == 4 else f[4][:, None]
+            y, last = cpu.selective_scan_cpu(f[0], f[1], f[2], Bf, Cf, f[5], f[6], f[7], delta_softplus)
+        y = y.to(dtype_in)
+        return (y, last) if return_last_state else y
     with torch.autocast(u.device.type, enabled=False):
         uf, df, Af = u.float(), delta.float(), A.float()
         if delta_bias is not None:

@@ -91,32 +91,58 @@ def extension_available() -> bool:
 
 
 class _CompiledScan(torch.autograd.Function):
-    """Core recurrence y, h_last = scan(u, delta, A, B, C) with B/C as (b, g, l, n) fp32 contiguous."""
+    """y, h_last = scan(u, delta, A, B, C) with the delta bias/softplus, D skip and z gating fused in.
+
+    fp32 tensors in any strides (the kernel reads through them, so a network's token-major activations
+    are not copied); absent D, z, bias are passed to C++ as empty tensors.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bt, Ct):
+    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
         ext = load_extension()
         needs_grad = any(ctx.needs_input_grad)
-        y, last, ckpt = ext.scan_fwd(u, delta, A, Bt, Ct, needs_grad)
-        ctx.save_for_backward(u, delta, A, Bt, Ct, ckpt)
+        opt = [t if t is not None else _EMPTY for t in (D, z, bias)]
+        y, last, ckpt = ext.scan_fwd(u, delta, A, B, C, *opt, softplus, needs_grad)
+        ctx.save_for_backward(u, delta, A, B, C, *opt, ckpt)
+        ctx.softplus = softplus
+        ctx.present = (D is not None, z is not None, bias is not None)
         ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, _dlast):
-        u, delta, A, Bt, Ct, ckpt = ctx.saved_tensors
-        du, ddelta, dA, dBt, dCt = load_extension().scan_bwd(u, delta, A, Bt, Ct, ckpt, dy.contiguous())
-        return du, ddelta, dA, dBt, dCt
+        u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dz, dbias = load_extension().scan_bwd(u, delta, A, B, C, D, z, bias,
+                                                                          ctx.softplus, ckpt, dy)
+        has_d, has_z, has_bias = ctx.present
+        return (du, ddelta, dA, dB.transpose(-1, -2), dC.transpose(-1, -2), dD if has_d else None,
+                dz if has_z else None, dbias if has_bias else None, None)
+
+
+_EMPTY = torch.empty(0)
+
+
+def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                       delta_bias: torch.Tensor | None = None,
+                       delta_softplus: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 u, delta, z (b,d,l), A (d,n), B/C (b,g,n,l), D/bias (d,) -> (y (b,d,l), last state (b,d,n)).
+
+    The whole mamba_ssm epilogue runs inside the C++ kernel; y comes back in u's layout (token-major in,
+    token-major out).
+    """
+    if A.shape[1] > 256:
+        raise ValueError("compiled scan supports d_state <= 256")
+    vec = [t.contiguous() if t is not None else None for t in (D, delta_bias)]
+    # the backward reads B and C state-contiguous: (b, l, n)-stored projections already are, others are copied
+    B, C = (x if x.stride(2) == 1 else x.transpose(-1, -2).contiguous().transpose(-1, -2) for x in (B, C))
+    return _CompiledScan.apply(u, delta, A.contiguous(), B, C, vec[0], z, vec[1], delta_softplus)
 
 
 def scan_core_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                   C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (b,d,l) inputs, A (d,n), B/C (b,g,n,l) -> (y (b,d,l), last state (b,d,n)) via the C++ kernel."""
-    if A.shape[1] > 256:
-        raise ValueError("compiled scan supports d_state <= 256")
-    Bt = B.transpose(-1, -2).contiguous()
-    Ct = C.transpose(-1, -2).contiguous()
-    return _CompiledScan.apply(u.contiguous(), delta.contiguous(), A.contiguous(), Bt, Ct)
+    """The bare recurrence through the compiled kernel (no bias, softplus, D or z)."""
+    return selective_scan_cpu(u, delta, A, B, C)
 
 
 def scan_core_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
