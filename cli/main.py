@@ -28,7 +28,8 @@ app.command("evaluate", epilog="Example:  medmamba evaluate refs/ labels/ -o lab
 app.command("networks", epilog="Example:  medmamba networks")(pipeline.networks)
 
 # commands contributed by optional modules (each exposes one function named like the command)
-for _module, _command in (("report", "report"), ("bundle", "export"), ("benchmark", "benchmark")):
+for _module, _command in (("report", "report"), ("bundle", "export"), ("benchmark", "benchmark"),
+                          ("compare", "compare")):
     try:
         _mod = importlib.import_module(f"medmamba.cli.{_module}")
     except ModuleNotFoundError as _exc:

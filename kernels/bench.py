@@ -46,9 +46,9 @@ def exp_floor(n_exp: int, threads: int) -> float:
 
 
 def scan_rows(b: int, d: int, n: int, length: int, skip_ref_backward: bool, bwd_length: int) -> list[tuple]:
-    """Times per variant. The autograd graphs of ref (32768 steps) and of the fallback (pairwise decays,
-    ~8 GB) do not fit next to other jobs at full length, so their forward+backward is measured at
-    `bwd_length` and scaled linearly (both are sequential over time, cost linear in l); rows say so."""
+    """Times per variant. The autograd graph of ref (32768 steps) does not fit next to other jobs at full
+    length, so ref's and the fallback's forward+backward are measured at `bwd_length` and scaled linearly
+    (both cost linear in l); rows say so."""
     g = torch.Generator().manual_seed(0)
     u = torch.randn(b, d, length, generator=g)
     delta = F.softplus(torch.randn(b, d, length, generator=g) - 4.0)

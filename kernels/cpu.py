@@ -37,7 +37,7 @@ def _source() -> Path:
 
 
 def arch_flags() -> list[str]:
-    """-mavx2 -mfma where this x86-64 CPU has them (8-wide vectorised expf through libmvec), else nothing.
+    """-mavx2 -mfma where this x86-64 CPU has them (8-wide vectors for the inlined exp and the FMAs), else nothing.
 
     Not -march=native: a kernel prebuilt into a Docker image must still run on another AVX2 machine. The
     flags are part of the cache key, so a CPU without AVX2 builds (or falls back) on its own.

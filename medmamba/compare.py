@@ -4,6 +4,7 @@ The fair-comparison protocol: same planned data, same fold of nnU-Net's 5-fold s
 iterations, same validation (nnU-Net's own prediction of the fold's held-out cases and its metrics).
 Results are appended to a JSON file per network, so an interrupted run continues where it stopped.
 
+    medmamba compare DATASET --networks nnunet,lightm_unet --epochs 6 --iterations 50 -o out/
     python -m medmamba.compare DATASET --networks nnunet,lightm_unet --epochs 6 --iterations 50 -o out/
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,29 @@ def table(rows: list[dict[str, Any]], baseline: str = "nnunet") -> str:
     return "\n".join(lines)
 
 
+def compare_networks(ws, dataset: str, networks: list[str], fold: int, epochs: int, iterations: int, preset: str,
+                     output: Path, on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or pick up) every network in turn; one JSON per network in `output`, written when it is complete.
+
+    A network whose JSON exists is not retrained; an interrupted one resumes from its checkpoint_latest.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for network in networks:
+        path = output / f"{network}.json"
+        if path.is_file():
+            row = json.loads(path.read_text())
+        else:
+            row = run_one(ws, dataset, network, fold, epochs, iterations, preset)
+            tmp = path.with_name(f".{path.name}.partial")
+            tmp.write_text(json.dumps(row, indent=2))
+            tmp.replace(path)
+        rows.append(row)
+        if on_result is not None:
+            on_result(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
@@ -77,18 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
     ws = open_workspace(args.workdir)
-    args.output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for network in args.networks.split(","):
-        path = args.output / f"{network}.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
-            continue
-        row = run_one(ws, args.dataset, network, args.fold, args.epochs, args.iterations, args.preset)
-        path.write_text(json.dumps(row, indent=2))
-        rows.append(row)
-        print(table(rows), flush=True)
-    print(table(rows))
+    done: list[dict[str, Any]] = []
+
+    def show(row: dict[str, Any]) -> None:
+        done.append(row)
+        print(table(done), flush=True)
+
+    compare_networks(ws, args.dataset, args.networks.split(","), args.fold, args.epochs, args.iterations,
+                     args.preset, args.output, on_result=show)
 
 
 if __name__ == "__main__":

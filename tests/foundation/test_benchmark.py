@@ -28,3 +28,40 @@ def test_compare_table_reports_difference_to_baseline():
     ]
     text = table(rows)
     assert "| lightm_unet | 0.880 | 0.800 | 0.840 | -0.010 | 1.0 |" in text
+
+
+def test_compare_cli_refuses_unknown_network_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from medmamba.cli.main import app
+
+    res = CliRunner().invoke(app, ["compare", "Tiny", "--networks", "nnunet,no_such_net", "-o", str(tmp_path / "c"),
+                                   "--workdir", str(tmp_path)])
+    assert res.exit_code == 1 and "unknown network 'no_such_net'" in res.output
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_compare_cli_trains_validates_and_picks_up_finished_networks(tiny_workspace, tmp_path):
+    """One network through `medmamba compare`: a result JSON with nnU-Net's validation Dice; a second call
+    reads that JSON instead of training again (same numbers, no new checkpoint written)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medmamba.cli.main import app
+
+    out = tmp_path / "cmp"
+    args = ["compare", "Tiny", "--networks", "nnunet", "--fold", "2", "--epochs", "1", "--iterations", "2",
+            "-o", str(out), "--workdir", str(tiny_workspace.root)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    row = json.loads((out / "nnunet.json").read_text())
+    assert row["fold"] == 2 and row["n_val_cases"] >= 1 and set(row["dice_per_label"]) == {"1", "2"}
+    assert 0.0 <= row["mean_dice"] <= 1.0 and row["train_s"] > 0
+    final = next(tiny_workspace.results.glob("Dataset500_Tiny/MedmambaTrainer_cpu*/fold_2/checkpoint_final.pth"))
+    stamp = final.stat().st_mtime_ns
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "| nnunet |" in again.output
+    assert final.stat().st_mtime_ns == stamp and json.loads((out / "nnunet.json").read_text()) == row
+    assert not list(out.glob(".*partial"))
