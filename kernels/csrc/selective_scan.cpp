@@ -187,12 +187,33 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
       for (int64_t k = 0; k < n; ++k)
         for (int j = 0; j < W; ++j) dst[k * W + j] = h[k][j];
     }
-    const int64_t t1 = std::min(p.l, t0 + kChunk);
-    for (int64_t t = t0; t < t1; ++t) {
-      alignas(32) float raw[W], dtv[W], uv[W], duv[W], acc[W], acc2[W];
-      p.load(bi, bk.ch, bk.bv, t, raw, dtv, uv);
+    const int64_t t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
+    // The chunk's inputs for the W lanes first (one strided walk per lane), softplus and the z gate in
+    // loops over len*W values that vectorise; the scan then reads contiguous W-vectors per step.
+    alignas(32) float dts[kChunk][W], us[kChunk][W], gate[kChunk][W], ys[kChunk][W];
+    for (int j = 0; j < W; ++j) {
+      for (int64_t i = 0; i < len; ++i) {
+        dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
+        us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
+      }
+    }
+    if (p.softplus) {
+      float* f = &dts[0][0];
+#pragma omp simd
+      for (int64_t q = 0; q < len * W; ++q) f[q] = scan_softplus(f[q]);
+    }
+    if (p.has_z) {
+      for (int j = 0; j < W; ++j)
+        for (int64_t i = 0; i < len; ++i) gate[i][j] = p.z.at(bi, bk.ch[j], t0 + i);
+      float* f = &gate[0][0];
+#pragma omp simd
+      for (int64_t q = 0; q < len * W; ++q) f[q] *= scan_sigmoid(f[q]);  // silu(z)
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t t = t0 + i;
+      alignas(32) float duv[W], acc[W], acc2[W];
       for (int j = 0; j < W; ++j) {
-        duv[j] = dtv[j] * uv[j];
+        duv[j] = dts[i][j] * us[i][j];
         acc[j] = acc2[j] = 0.f;
       }
       // two partial sums over the state (even, odd k), then D u: closer to a pairwise sum than one chain
@@ -201,19 +222,17 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
         float* sum = (k & 1) ? acc2 : acc;
 #pragma omp simd
         for (int j = 0; j < W; ++j) {
-          h[k][j] = scan_exp(dtv[j] * bk.a[k][j]) * h[k][j] + duv[j] * Bk;
+          h[k][j] = scan_exp(dts[i][j] * bk.a[k][j]) * h[k][j] + duv[j] * Bk;
           sum[j] += Ck * h[k][j];
         }
       }
-      for (int j = 0; j < W; ++j) acc[j] = (acc[j] + acc2[j]) + bk.Dv[j] * uv[j];
+      for (int j = 0; j < W; ++j) ys[i][j] = (acc[j] + acc2[j]) + bk.Dv[j] * us[i][j];
       if (p.has_z) {
-        alignas(32) float zv[W];
-        for (int j = 0; j < W; ++j) zv[j] = p.z.at(bi, bk.ch[j], t);
-#pragma omp simd
-        for (int j = 0; j < W; ++j) acc[j] *= zv[j] * scan_sigmoid(zv[j]);
+        for (int j = 0; j < W; ++j) ys[i][j] *= gate[i][j];
       }
-      for (int j = 0; j < bk.w; ++j) y.at(bi, bk.c0 + j, t) = acc[j];
     }
+    for (int j = 0; j < bk.w; ++j)
+      for (int64_t i = 0; i < len; ++i) y.at(bi, bk.c0 + j, t0 + i) = ys[i][j];
   }
   for (int64_t k = 0; k < n; ++k)
     for (int j = 0; j < bk.w; ++j) last[(bi * p.d + bk.c0 + j) * n + k] = h[k][j];
