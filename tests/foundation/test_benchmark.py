@@ -44,22 +44,29 @@ def test_compare_cli_refuses_unknown_network_before_training(tmp_path):
 @pytest.mark.slow
 def test_compare_cli_trains_validates_and_picks_up_finished_networks(tiny_workspace, tmp_path):
     """One network through `medmamba compare`: a result JSON with nnU-Net's validation Dice; a second call
-    reads that JSON instead of training again (same numbers, no new checkpoint written)."""
+    reads that JSON instead of training again (same numbers, no new checkpoint written).
+
+    Runs in a copy of the shared workspace: its nnunet model folder must stay the one the inference tests
+    export (a second fold there would end up in their bundle)."""
     import json
+    import shutil
 
     from typer.testing import CliRunner
 
     from medmamba.cli.main import app
 
+    ws = tmp_path / "ws"
+    for part in ("raw", "preprocessed"):
+        shutil.copytree(tiny_workspace.root / part, ws / part)
     out = tmp_path / "cmp"
     args = ["compare", "Tiny", "--networks", "nnunet", "--fold", "2", "--epochs", "1", "--iterations", "2",
-            "-o", str(out), "--workdir", str(tiny_workspace.root)]
+            "-o", str(out), "--workdir", str(ws)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     row = json.loads((out / "nnunet.json").read_text())
     assert row["fold"] == 2 and row["n_val_cases"] >= 1 and set(row["dice_per_label"]) == {"1", "2"}
     assert 0.0 <= row["mean_dice"] <= 1.0 and row["train_s"] > 0
-    final = next(tiny_workspace.results.glob("Dataset500_Tiny/MedmambaTrainer_cpu*/fold_2/checkpoint_final.pth"))
+    final = next(ws.glob("results/Dataset500_Tiny/MedmambaTrainer_cpu*/fold_2/checkpoint_final.pth"))
     stamp = final.stat().st_mtime_ns
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "| nnunet |" in again.output
