@@ -19,8 +19,8 @@ def compare(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one result JSON per network.")],
     networks: Annotated[str, typer.Option(help="Comma-separated networks, or 'all'.")] = "all",
     fold: Annotated[int, typer.Option(help="Fold of nnU-Net's 5-fold split; its held-out cases are scored.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Epochs for every network [default: the preset's].")] = None,
-    iterations: Annotated[int | None, typer.Option(help="Iterations per epoch [default: the preset's].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs for every network (default: the preset's).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Iterations per epoch (default: the preset's).")] = None,
     preset: Annotated[str, typer.Option(help="Preset profile used for every network.")] = "cpu",
     workdir: WorkdirOption = None,
 ) -> None:
