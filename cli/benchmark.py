@@ -17,9 +17,9 @@ EPILOG = "Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --n
 @handle_errors
 def benchmark(
     dataset: Annotated[str, typer.Argument(help="Planned dataset id or name.")],
-    networks: Annotated[str | None, typer.Option(help="Comma-separated networks [default: all registered].")] = None,
+    networks: Annotated[str | None, typer.Option(help="Comma-separated networks (default: all registered).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions (median is reported).")] = 3,
-    threads: Annotated[int | None, typer.Option(help="torch threads [default: torch's choice].")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
     preset: Annotated[str, typer.Option(help="Preset profile whose architecture and batch limit are measured.")]
     = "cpu",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows as JSON.")] = None,

@@ -23,7 +23,7 @@ def synth(
     size: Annotated[int, typer.Option(help="Edge length in voxels.")] = 48,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
     anisotropic: Annotated[bool, typer.Option(help="Thick first axis (2.5 mm) like clinical MRI.")] = False,
-    dataset_id: Annotated[int | None, typer.Option("--id", help="Dataset id [default: next free from 500].")] = None,
+    dataset_id: Annotated[int | None, typer.Option("--id", help="Dataset id (default: next free from 500).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:
@@ -43,7 +43,7 @@ def synth(
 @handle_errors
 def convert_msd(
     task_dir: Annotated[Path, typer.Argument(help="MSD task folder with dataset.json, imagesTr, labelsTr.")],
-    dataset_id: Annotated[int | None, typer.Option("--id", help="Dataset id [default: the task number].")] = None,
+    dataset_id: Annotated[int | None, typer.Option("--id", help="Dataset id (default: the task number).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:

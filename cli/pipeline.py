@@ -99,13 +99,13 @@ def predict(
                                              "predict_summary.json.")],
     model_dir: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (printed by train) or a "
                                             "bundle folder/.zip (from export; hashes checked before loading).")],
-    folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to ensemble [default: all].")] = None,
+    folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to ensemble (default: all).")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation "
-                                             "[default: on for GPU, off for CPU].", show_default=False)] = None,
+                                             "(default: on for GPU, off for CPU).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     step_size: Annotated[float, typer.Option(help="Sliding-window step as a fraction of the patch.")] = 0.5,
     fast: Annotated[bool, typer.Option("--fast", help="CPU speed: no TTA and a sliding-window step of 0.7.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: torch's choice].")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
     max_voxels: Annotated[int, typer.Option(help="Refuse images with more voxels than this per channel (read from "
                                             "the header, before any voxel).")] = 512 * 512 * 1024,
     resume: Annotated[bool, typer.Option("--continue", help="Keep complete outputs of an earlier (killed) run; "
@@ -155,8 +155,8 @@ def evaluate(
     ref_dir: Annotated[Path, typer.Argument(help="Reference label folder.")],
     pred_dir: Annotated[Path, typer.Argument(help="Prediction folder (same file names).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="summary.json to write "
-                                                "[default: PRED_DIR/summary.json].")] = None,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated labels [default: those in the references].")]
+                                                "(default: PRED_DIR/summary.json).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels (default: those in the references).")]
     = None,
 ) -> None:
     """Dice and IoU per case and label (nnU-Net's evaluation), written as nnU-Net's summary.json."""
