@@ -99,20 +99,6 @@ struct Problem {
   float C(int64_t bi, int64_t gi, int64_t k, int64_t t) const {
     return Cp[bi * Cs[0] + gi * Cs[1] + k * Cs[2] + t * Cs[3]];
   }
-  // dt (after bias and softplus), the raw pre-softplus value, and u for the W lanes of one step
-  void load(int64_t bi, const int64_t* ch, const float* bias_v, int64_t t, float* raw, float* dtv,
-            float* uv) const {
-    for (int j = 0; j < W; ++j) {
-      raw[j] = dt.at(bi, ch[j], t) + bias_v[j];
-      uv[j] = u.at(bi, ch[j], t);
-    }
-    if (softplus) {
-#pragma omp simd
-      for (int j = 0; j < W; ++j) dtv[j] = scan_softplus(raw[j]);
-    } else {
-      for (int j = 0; j < W; ++j) dtv[j] = raw[j];
-    }
-  }
 };
 
 Problem make_problem(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
