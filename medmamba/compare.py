@@ -2,7 +2,8 @@
 
 The fair-comparison protocol: same planned data, same fold of nnU-Net's 5-fold split, same epochs x
 iterations, same validation (nnU-Net's own prediction of the fold's held-out cases and its metrics).
-Results are appended to a JSON file per network, so an interrupted run continues where it stopped.
+One JSON file per network is written when that network is done, so an interrupted run continues where it
+stopped (finished networks are skipped, the interrupted one resumes from its checkpoint_latest).
 
     medmamba compare DATASET --networks nnunet,lightm_unet --epochs 6 --iterations 50 -o out/
     python -m medmamba.compare DATASET --networks nnunet,lightm_unet --epochs 6 --iterations 50 -o out/

@@ -64,27 +64,16 @@ def test_no_ssm_ablation_keeps_shapes_and_drops_only_the_mixers():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["lightm_unet", "lightm_unet_nossm"])
-def test_trains_and_predicts_through_the_pipeline(tiny_workspace, tmp_path, network):
-    from medmamba.predict import load_model, predict_folder
+def test_trains_and_predicts_through_the_pipeline(tiny_workspace, network, assert_rebuilt_and_predicts):
     from medmamba.train import train_model
 
     trainers = []
     result = train_model(tiny_workspace, "Tiny", network, fold=0, preset="cpu", epochs=1, iterations=2,
                          device="cpu", validate=False, on_start=trainers.append)
     assert (result.fold_dir / "checkpoint_final.pth").is_file()
-    # rebuilt from the model folder (sidecar + plans + checkpoint file): the trained network's logits exactly
-    trained = trainers[0].network.eval()
-    trained.decoder.deep_supervision = False
-    loaded = load_model(result.model_dir, folds=["0"], device="cpu")
-    rebuilt = loaded.predictor.network.eval()
-    rebuilt.load_state_dict(loaded.predictor.list_of_parameters[0])
-    x = torch.randn(1, 1, *trainers[0].configuration_manager.patch_size)
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x), trained(x), rtol=0, atol=0)
+    written = assert_rebuilt_and_predicts(trainers[0], result.model_dir)
     images = tiny_workspace.raw / "Dataset500_Tiny" / "imagesTs"
-    res = predict_folder(images, tmp_path / "pred", result.model_dir, device="cpu")
-    assert not res.failed and len(res.written) == 2
     import nibabel as nib
 
-    seg = np.asarray(nib.load(res.written[0]).dataobj)
+    seg = np.asarray(nib.load(written[0]).dataobj)
     assert seg.shape == nib.load(next(images.glob("*.nii.gz"))).shape

@@ -150,7 +150,7 @@ def test_chunk_size_does_not_change_the_block_output():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["uxlstm_enc", "uxlstm_bot", "uxlstm_enc_nossm"])
-def test_trains_and_predicts_through_the_pipeline(tiny_workspace, tmp_path, network):
+def test_trains_and_predicts_through_the_pipeline(tiny_workspace, network, assert_rebuilt_and_predicts):
     from medmamba.train import train_model
 
     trainers = []
@@ -159,17 +159,4 @@ def test_trains_and_predicts_through_the_pipeline(tiny_workspace, tmp_path, netw
     assert (result.fold_dir / "checkpoint_final.pth").is_file()
     if network != "uxlstm_enc":  # one rebuild/predict round trip is enough: the path is shared
         return
-    from medmamba.predict import load_model, predict_folder
-
-    # the network rebuilt from the model folder (sidecar + plans + checkpoint file) gives the trained logits
-    trained = trainers[0].network.eval()
-    trained.decoder.deep_supervision = False
-    loaded = load_model(result.model_dir, folds=["0"], device="cpu")
-    rebuilt = loaded.predictor.network.eval()
-    rebuilt.load_state_dict(loaded.predictor.list_of_parameters[0])
-    x = torch.randn(1, 1, *trainers[0].configuration_manager.patch_size)
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x), trained(x), rtol=0, atol=0)
-    images = tiny_workspace.raw / "Dataset500_Tiny" / "imagesTs"
-    res = predict_folder(images, tmp_path / "pred", result.model_dir, device="cpu")
-    assert not res.failed and len(res.written) == 2
+    assert_rebuilt_and_predicts(trainers[0], result.model_dir)
