@@ -37,6 +37,8 @@ for _module, _command in (("report", "report"), ("bundle", "export"), ("benchmar
             raise
         continue
     app.command(_command, epilog=getattr(_mod, "EPILOG", None))(getattr(_mod, _command))
+    if _command == "compare":
+        app.command("compare-table", epilog=_mod.TABLE_EPILOG)(_mod.compare_table)
 
 
 @app.command("demo", epilog="Examples:  medmamba demo  |  medmamba demo --network lightm_unet --workdir /tmp/mm")
@@ -61,16 +63,14 @@ def demo(
                   workdir=ws.root)
     pipeline.plan(name, processes=1, verify=True, gpu_memory_gb=None, verbose=False, workdir=ws.root)
     pipeline.train(name, network=network, fold="all", preset="auto", epochs=epochs, iterations=iterations,
-                   device=device, continue_training=False, validate=False, verbose=False, workdir=ws.root)
+                   device=device, continue_training=False, validate=False, seed=None, verbose=False, workdir=ws.root)
     from medmamba.plan import dataset_name
+    from medmamba.train import model_dir, resolve_device, resolve_profile
 
     raw = ws.raw / dataset_name(name)
-    from medmamba.registry import get_network
-
-    trainer_prefix = get_network(network).trainer.rpartition(".")[2]
-    model_dir = next(p for p in ws.results.joinpath(raw.name).glob(f"{trainer_prefix}*__nnUNetPlans__3d_fullres"))
+    folder = model_dir(ws, name, network, resolve_profile("auto", resolve_device(device)))
     pred = ws.root / "demo_predictions" / network
-    pipeline.predict(raw / "imagesTs", pred, model_dir, folds=None, tta=None, device=device, step_size=0.5)
+    pipeline.predict(raw / "imagesTs", pred, folder, folds=None, tta=None, device=device, step_size=0.5)
     pipeline.evaluate(raw / "labelsTs", pred, pred / "summary.json", labels=None)
     console.print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
 

@@ -46,6 +46,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     continue_training: Annotated[bool, typer.Option("--continue", help="Resume from the latest checkpoint.")] = False,
     validate: Annotated[bool, typer.Option(help="Predict the fold's validation cases at the end.")] = True,
+    seed: Annotated[int | None, typer.Option(help="Seed every RNG: the same command repeats its loss curve on a "
+                                             "CPU; the run gets its own results folder (..._seed<N>).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
     workdir: WorkdirOption = None,
 ) -> None:
@@ -74,7 +76,7 @@ def train(
             bar.reset(state["task"], description=_epoch_label(info["epoch"] + 1, state["epochs"], info))
 
         result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,
-                             validate, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
+                             validate, seed=seed, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
                              verbose=verbose)
     console.print(f"model folder: {result.model_dir}")
     if result.validation is not None:

@@ -6,11 +6,13 @@ import contextlib
 import io
 import json
 import os
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medmamba.errors import MedmambaError
@@ -39,6 +41,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_profile(preset: str, device: torch.device) -> str:
+    """`auto` is the cpu profile on a CPU and the full (default) profile on a GPU."""
+    if preset == "auto":
+        return "cpu" if device.type == "cpu" else "default"
+    return preset
+
+
+def model_dir(ws: Workspace, dataset: str | int, network: str, profile: str, seed: int | None = None) -> Path:
+    """nnU-Net's results folder of (network, resolved profile, seed) in this workspace."""
+    from medmamba.trainers.base import trainer_name
+
+    return ws.results / dataset_name(dataset) / f"{trainer_name(network, profile, seed)}__{PLANS_NAME}__{CONFIGURATION}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG nnU-Net's loop draws from (Python, NumPy's global one for patch sampling and
+    augmentation, torch for initialisation and dropout): with 0 augmentation workers a CPU run repeats."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 @contextlib.contextmanager
 def _env(key: str, value: str) -> Iterator[None]:
     """Set an environment variable for a block unless the user set it already."""
@@ -65,10 +89,15 @@ def quiet(enabled: bool = True) -> Iterator[None]:
 def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold: str | int = 0,
                 preset: str = "auto", epochs: int | None = None, iterations: int | None = None,
                 device: str = "auto", continue_training: bool = False, validate: bool = True,
-                on_start: Callable[[Any], None] | None = None,
+                seed: int | None = None, on_start: Callable[[Any], None] | None = None,
                 on_iteration: Callable[[int, float], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False) -> TrainResult:
-    """Construct the trainer class directly (no lookup by name), train, and run nnU-Net's validation."""
+    """Construct the trainer class directly (no lookup by name), train, and run nnU-Net's validation.
+
+    With `seed`, the run gets its own results folder (`..._seed<N>`) and every RNG is seeded, so the same
+    command repeats its loss curve on a CPU. A resumed run is re-seeded at the resume point: it repeats
+    itself, not the uninterrupted run.
+    """
     from medmamba.trainers.base import make_trainer
 
     ws.activate()  # nnU-Net reads its folders from the environment: make sure they are this workspace's
@@ -79,8 +108,8 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
     plans = json.loads(plans_file.read_text())
     dataset_json = json.loads((ws.preprocessed / name / "dataset.json").read_text())
     dev = resolve_device(device)
-    profile = ("cpu" if dev.type == "cpu" else "default") if preset == "auto" else preset
-    trainer_cls = make_trainer(network, profile)
+    profile = resolve_profile(preset, dev)
+    trainer_cls = make_trainer(network, profile, seed=seed)
     fold_arg: int | str = fold if fold == "all" else int(fold)
     plans["continue_training"] = continue_training
     with quiet(not verbose):
@@ -93,6 +122,8 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
     trainer.on_iteration = on_iteration
     trainer.on_epoch = on_epoch
 
+    if seed is not None:
+        seed_everything(seed)
     fold_dir = Path(trainer.output_folder)
     if continue_training:
         ckpt = next((fold_dir / f for f in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -109,7 +140,8 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
         trainer.run_training()
         validation = None
         if validate:
-            trainer.perform_actual_validation(False)
+            with quiet(not verbose):
+                trainer.perform_actual_validation(False)
             summary = fold_dir / "validation" / "summary.json"
             validation = json.loads(summary.read_text()) if summary.is_file() else None
     _maybe_training_report(fold_dir)

@@ -36,6 +36,7 @@ class MedmambaTrainer(nnUNetTrainer):
     network_name: ClassVar[str] = "nnunet"
     network_class_path: ClassVar[str | None] = None
     preset: ClassVar[dict[str, Any]] = load_preset("nnunet")
+    seed: ClassVar[int | None] = None  # recorded in the sidecar; the caller seeds the RNGs (train_model)
 
     # set by the caller (CLI progress bars); not part of nnU-Net's state
     on_iteration: Callable[[int, float], None] | None = None
@@ -171,6 +172,14 @@ class MedmambaTrainer(nnUNetTrainer):
         if self.grad_scaler is not None and ckpt.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
 
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint written under a temporary name and renamed: a run killed mid-save (a
+        comparison queue at the end of a session) leaves the previous checkpoint intact to resume from."""
+        tmp = f"{filename}.partial"
+        super().save_checkpoint(tmp)
+        if Path(tmp).is_file():  # only rank 0 writes
+            Path(tmp).replace(filename)
+
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
         super().print_to_log_file(*args, also_print_to_console=also_print_to_console and self.verbose,
                                   add_timestamp=add_timestamp)
@@ -218,17 +227,31 @@ def apply_limits(plans: dict, configuration: str, limits: dict[str, Any]) -> Non
         ]
 
 
-def make_trainer(network: str, profile: str = "default",
-                 preset: dict[str, Any] | None = None) -> type[MedmambaTrainer]:
-    """The concrete trainer class for (network, profile); pass `preset` to rebuild a trained model exactly."""
+def trainer_name(network: str, profile: str = "default", seed: int | None = None) -> str:
+    """The trainer class name, and so nnU-Net's results folder `<name>__<plans>__<configuration>`.
+
+    The profile and an explicit seed are part of it, so runs that differ in either never share a folder
+    (a seed-1 run must not resume from seed 0's checkpoint). The one place this name is made.
+    """
+    name = get_network(network).trainer.rpartition(".")[2]
+    if profile != "default":
+        name += f"_{profile}"
+    if seed is not None:
+        name += f"_seed{seed}"
+    return name
+
+
+def make_trainer(network: str, profile: str = "default", preset: dict[str, Any] | None = None,
+                 seed: int | None = None) -> type[MedmambaTrainer]:
+    """The concrete trainer class for (network, profile, seed); pass `preset` to rebuild a trained model exactly."""
     spec = get_network(network)
     base = spec.trainer_class()
     preset = preset if preset is not None else load_preset(spec.preset, profile)
-    name = base.__name__ if profile == "default" else f"{base.__name__}_{profile}"
-    return type(name, (base,), {
+    return type(trainer_name(network, profile, seed), (base,), {
         "network_name": network,
         "network_class_path": spec.network,
         "preset": preset,
+        "seed": seed,
         "__module__": base.__module__,
     })
 
@@ -240,6 +263,7 @@ def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
         "profile": trainer.preset["profile"],
         "preset": trainer.preset,
         "trainer_name": type(trainer).__name__,
+        "seed": trainer.seed,
         "configuration": trainer.configuration_name,
         "medmamba_version": medmamba.__version__,
     }
@@ -247,11 +271,3 @@ def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(model_dir / SIDECAR)
 
-
-def trainer_from_sidecar(model_dir: Path) -> tuple[type[MedmambaTrainer], dict[str, Any]]:
-    """Rebuild the trainer class a model folder was trained with, from its medmamba.json."""
-    path = Path(model_dir) / SIDECAR
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; not a medmamba model folder")
-    info = json.loads(path.read_text())
-    return make_trainer(info["network"], info["profile"], preset=info["preset"]), info
