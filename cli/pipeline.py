@@ -81,6 +81,8 @@ def train(
     console.print(f"model folder: {result.model_dir}")
     if result.validation is not None:
         console.print(f"validation foreground mean Dice: {result.validation['foreground_mean']['Dice']:.4f}")
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _epoch_label(epoch: int, total: int, last: dict[str, Any] | None, loss: float | None = None) -> str:

@@ -221,6 +221,7 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
         "mean_dice": _mean([mean_label[lab]["dice"] for lab in labels]),
         "per_label": mean_label,
         "per_case": cases,
+        "unlearnt_labels": result.warnings,
         "n_val_cases": len(cases),
         "train_s": train_s,
         "s_per_iteration": train_s / iterations,

@@ -28,6 +28,7 @@ class TrainResult:
     fold_dir: Path
     epochs_done: int
     validation: dict[str, Any] | None
+    warnings: list[str]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -144,14 +145,8 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
                 trainer.perform_actual_validation(False)
             summary = fold_dir / "validation" / "summary.json"
             validation = json.loads(summary.read_text()) if summary.is_file() else None
-    _maybe_training_report(fold_dir)
-    return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, validation)
+    from medmamba.report.training import unlearnt_labels, write_training_report
 
-
-def _maybe_training_report(fold_dir: Path) -> None:
-    """Loss and pseudo-Dice curves next to nnU-Net's progress.png, when the report module is present."""
-    try:
-        from medmamba.report import write_training_report  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    write_training_report(fold_dir)
+    write_training_report(fold_dir)  # loss and pseudo-Dice curves next to nnU-Net's progress.png
+    return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, validation,
+                       unlearnt_labels(fold_dir))

@@ -189,3 +189,35 @@ def test_compare_table_refuses_mixed_protocols_and_empty_folders(tmp_path):
     (folder / "nnunet_seed1.json").write_text(json.dumps(b))
     res = CliRunner().invoke(app, ["compare-table", str(folder)])
     assert res.exit_code == 1 and "different protocols" in res.output
+
+
+@pytest.mark.slow
+def test_training_that_leaves_a_label_unlearnt_warns(tmp_path):
+    """Phantoms whose label 2 marks a random cube with no image signal (the ring itself is relabelled
+    background): nnU-Net cannot learn it, and `medmamba train` says so by name at the end."""
+    import nibabel as nib
+
+    from medmamba.datasets.synth import synthesize_dataset
+    from medmamba.plan import plan_dataset
+    from medmamba.train import quiet
+    from medmamba.workspace import open_workspace
+
+    ws = open_workspace(tmp_path / "ws")
+    folder = synthesize_dataset(ws.raw, "Unlearnable", cases=6, size=32, seed=3, test_cases=0, dataset_id=501)
+    rng = np.random.default_rng(0)
+    for path in sorted((ws.raw / "Dataset501_Unlearnable" / "labelsTr").glob("*.nii.gz")):
+        img = nib.load(path)
+        lab = np.asarray(img.dataobj).copy()
+        lab[lab == 2] = 0
+        z, y, x = rng.integers(2, 24, size=3)
+        lab[z:z + 6, y:y + 6, x:x + 6] = 2
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8), img.affine, img.header), path)
+    with quiet():
+        plan_dataset(ws, "Unlearnable")
+    res = CliRunner().invoke(app, ["train", "Unlearnable", "--network", "nnunet", "--preset", "cpu", "--epochs", "3",
+                                   "--iterations", "8", "--device", "cpu", "--workdir", str(ws.root)])
+    assert res.exit_code == 0, res.output
+    assert folder.name == "Dataset501_Unlearnable"
+    assert "label 2 (ring) not learnt (validation Dice" in res.output
+    html = next(ws.results.glob("Dataset501_Unlearnable/*/fold_0/training_report.html")).read_text(encoding="utf-8")
+    assert "<p class='bad'>label 2 (ring) not learnt" in html
