@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Annotated
 
 import typer
 
-from . import dataset, pipeline
+from . import benchmark, bundle, compare, dataset, pipeline, report
 from .common import WorkdirOption, console, handle_errors
 
 app = typer.Typer(
@@ -27,18 +26,11 @@ app.command("predict", epilog="Example:  medmamba predict -i scans/ -o labels/ -
 app.command("evaluate", epilog="Example:  medmamba evaluate refs/ labels/ -o labels/summary.json")(pipeline.evaluate)
 app.command("networks", epilog="Example:  medmamba networks")(pipeline.networks)
 
-# commands contributed by optional modules (each exposes one function named like the command)
-for _module, _command in (("report", "report"), ("bundle", "export"), ("benchmark", "benchmark"),
-                          ("compare", "compare")):
-    try:
-        _mod = importlib.import_module(f"medmamba.cli.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"medmamba.cli.{_module}":
-            raise
-        continue
-    app.command(_command, epilog=getattr(_mod, "EPILOG", None))(getattr(_mod, _command))
-    if _command == "compare":
-        app.command("compare-table", epilog=_mod.TABLE_EPILOG)(_mod.compare_table)
+app.command("report", epilog=report.EPILOG)(report.report)
+app.command("export", epilog=bundle.EPILOG)(bundle.export)
+app.command("benchmark", epilog=benchmark.EPILOG)(benchmark.benchmark)
+app.command("compare", epilog=compare.EPILOG)(compare.compare)
+app.command("compare-table", epilog=compare.TABLE_EPILOG)(compare.compare_table)
 
 
 @app.command("demo", epilog="Examples:  medmamba demo  |  medmamba demo --network lightm_unet --workdir /tmp/mm")

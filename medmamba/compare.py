@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import time
@@ -63,9 +64,8 @@ def parse_runs(networks: Sequence[str], seeds: Sequence[int]) -> list[Run]:
 def effective_preset(network: str, profile: str, epochs: int | None, iterations: int | None) -> dict[str, Any]:
     """The preset a run trains with: the profile resolved, with the budget overrides written in."""
     from medmamba.presets import load_preset
-    from medmamba.registry import get_network
 
-    preset = load_preset(get_network(network).preset, profile)
+    preset = load_preset(network, profile)
     if epochs is not None:
         preset["training"]["num_epochs"] = int(epochs)
     if iterations is not None:
@@ -237,8 +237,8 @@ def _budget(preset: dict[str, Any]) -> dict[str, Any]:
     return {"num_epochs": t["num_epochs"], "num_iterations_per_epoch": t["num_iterations_per_epoch"]}
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    finite = [v for v in values if v == v and v not in (float("inf"), float("-inf"))]
+def _mean(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
 
 

@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from medmamba.errors import MedmambaError
 
@@ -43,7 +43,7 @@ class NetworkRuns:
         return {c: sum(v) / len(v) for c, v in per_case.items()}
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[float]:
     return x is not None and isinstance(x, int | float) and math.isfinite(x)
 
 
@@ -93,7 +93,7 @@ def results_table(groups: Sequence[NetworkRuns], baseline: str = "nnunet", label
     names = label_names or next((r.get("label_names") for g in groups for r in g.runs), None) or {}
     base = next((g for g in groups if g.network == baseline), None)
     base_cases = base.case_dice() if base else {}
-    base_mean = statistics.fmean(r["mean_dice"] for r in base.runs) if base else None
+    base_mean = _mean_finite([r["mean_dice"] for r in base.runs]) if base else None
     head = ["network", "seeds", "mean Dice", "spread over seeds"]
     head += [f"Dice {names.get(lab, lab)}" for lab in labels]
     head += ["HD95 (mm)", f"vs {baseline}", "Wilcoxon p (cases)", "train (min)", "s / iteration", "peak RSS (GB)"]
@@ -125,7 +125,7 @@ def results_table(groups: Sequence[NetworkRuns], baseline: str = "nnunet", label
 
 
 def _mean_finite(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if _finite(v)]
+    vals = [float(v) for v in values if _finite(v)]
     return statistics.fmean(vals) if vals else None
 
 
