@@ -12,7 +12,8 @@ import typer
 from .common import WorkdirOption, console, handle_errors, progress_bar
 
 EPILOG = ("Examples:  medmamba compare Phantoms --networks nnunet,mhs_vm -o cmp/  |  medmamba compare Hippocampus "
-          "--networks nnunet:0,nnunet:1,nnunet:2,mhs_vm --preset short -o docs/results/hippocampus --stop-by 17:00")
+          "--networks nnunet:0,nnunet:1,nnunet:2,mhs_vm --preset short -o docs/results/hippocampus --stop-by 17:00  |  "
+          "torchrun --nproc-per-node 4 -m medmamba.cli compare 4 --networks all --preset short -o cmp/")
 TABLE_EPILOG = ("Example:  medmamba compare-table docs/results/hippocampus --document docs/benchmarks.md")
 
 
@@ -64,6 +65,10 @@ def compare(
                                                        "output folder has no finished run of that network yet "
                                                        "(e.g. nnunet's time x the ratio from `medmamba "
                                                        "benchmark`). Repeatable.")] = None,
+    num_parts: Annotated[int | None, typer.Option(help="Split the queue into this many workers (default: "
+                                                  "$WORLD_SIZE under torchrun, else 1).")] = None,
+    part_id: Annotated[int | None, typer.Option(help="This worker's part: runs k with k mod num-parts == part-id "
+                                                "(default: $RANK under torchrun, else 0).")] = None,
     workdir: WorkdirOption = None,
 ) -> None:
     """Same data, fold, budget and validation for every run; a run whose result file exists is skipped, an
@@ -77,7 +82,18 @@ def compare(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds {seeds}: comma-separated integers") from None
-    runs = parse_runs(names, seed_list)
+    import os
+
+    from medmamba.compare import select_part
+
+    num_parts = num_parts if num_parts is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    part_id = part_id if part_id is not None else int(os.environ.get("RANK", "0"))
+    runs = select_part(parse_runs(names, seed_list), num_parts, part_id)
+    if device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:  # one GPU per worker under torchrun
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     deadline = _parse_deadline(stop_by)
     ws = open_workspace(workdir)
 
@@ -95,7 +111,8 @@ def compare(
                          _parse_estimates(estimate), on_result=report)
     from medmamba.report.comparison import load_results, results_table
 
-    console.print(results_table(load_results(output)), highlight=False, soft_wrap=True, markup=False)
+    if any(output.glob("*_seed*.json")):
+        console.print(results_table(load_results(output)), highlight=False, soft_wrap=True, markup=False)
 
 
 @handle_errors

@@ -221,3 +221,33 @@ def test_training_that_leaves_a_label_unlearnt_warns(tmp_path):
     assert "label 2 (ring) not learnt (validation Dice" in res.output
     html = next(ws.results.glob("Dataset501_Unlearnable/*/fold_0/training_report.html")).read_text(encoding="utf-8")
     assert "<p class='bad'>label 2 (ring) not learnt" in html
+
+
+def test_queue_parts_split_runs_without_overlap():
+    from medmamba.compare import Run, select_part
+    from medmamba.errors import MedmambaError
+
+    runs = [Run("nnunet", s) for s in range(5)]
+    parts = [select_part(runs, 3, k) for k in range(3)]
+    assert sorted((r for p in parts for r in p), key=lambda r: r.seed) == runs
+    assert parts[1] == [Run("nnunet", 1), Run("nnunet", 4)]
+    with pytest.raises(MedmambaError, match="need 0 <= part-id < num-parts"):
+        select_part(runs, 2, 2)
+
+
+@pytest.mark.slow
+def test_two_compare_workers_share_one_queue_and_one_folder(tiny_workspace, tmp_path):
+    """Two concurrent worker processes (RANK/WORLD_SIZE as torchrun sets them) each train their part of the
+    queue into one results folder; together they produce every run exactly once."""
+    ws = _copy_ws(tiny_workspace, tmp_path)
+    out = tmp_path / "results"
+    args = ["compare", "Tiny", "--networks", "nnunet:0,nnunet:1", "--epochs", "1", "--iterations", "2",
+            "--preset", "cpu", "--device", "cpu", "-o", str(out), "--workdir", str(ws)]
+    procs = [subprocess.Popen([sys.executable, "-m", "medmamba.cli", *args],
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(k), "WORLD_SIZE": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "run nnunet seed 0: done" in logs[0] and "seed 1" not in logs[0]
+    assert "run nnunet seed 1: done" in logs[1] and "seed 0" not in logs[1]
+    assert sorted(p.name for p in out.glob("*.json")) == ["nnunet_seed0.json", "nnunet_seed1.json"]
