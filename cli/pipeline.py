@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import WorkdirOption, console, err_console, fail, handle_errors, progress_bar
+from .common import PlainPredictLog, WorkdirOption, console, err_console, fail, handle_errors, progress_bar
 
 
 @handle_errors
@@ -121,11 +121,14 @@ def predict(
     """Segment images; labels are written on each input's own grid, every case is listed in predict_summary.json."""
     from medmamba.predict import predict_folder
 
-    with progress_bar() as bar:
+    plain = None if console.is_terminal else PlainPredictLog()  # no terminal: plain lines, not bars
+    with progress_bar(disable=plain is not None) as bar:
         state: dict[str, Any] = {}
 
         def on_start(n_cases: int) -> None:
             state["task"] = bar.add_task("predicting", total=n_cases)
+            if plain is not None:
+                plain.on_start(n_cases)
 
         def on_case(case: str, error: str | None) -> None:
             bar.update(state["task"], advance=1, description=f"predicted {case}")
@@ -134,7 +137,8 @@ def predict(
 
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
                                 verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
-                                series=series, on_start=on_start, probabilities=probabilities)
+                                series=series, on_start=on_start, probabilities=probabilities,
+                                **(plain.hooks() if plain is not None else {}))
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     skipped = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""
