@@ -114,6 +114,10 @@ def predict(
                                                "series.")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write CASE_probabilities.npz "
                                                 "(float16 class probabilities on the input grid).")] = False,
+    output_format: Annotated[str, typer.Option(help="nifti, or dicom-seg: also CASE_seg.dcm (DICOM SEG) for each "
+                                               "DICOM series input (nifti).")] = "nifti",
+    seg_codes: Annotated[Path | None, typer.Option(help="JSON label name -> {category, type: [value, scheme, "
+                                                   "meaning]} codes for DICOM SEG (SNOMED CT).")] = None,
     ref: Annotated[Path | None, typer.Option(help="Reference labels: also write a report to OUTPUT/report/.")] = None,
     pdf: Annotated[bool, typer.Option(help="With --ref: also render the report as PDF.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
@@ -138,6 +142,7 @@ def predict(
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
                                 verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
                                 series=series, on_start=on_start, probabilities=probabilities,
+                                output_format=output_format, seg_codes=seg_codes,
                                 **(plain.hooks() if plain is not None else {}))
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from medmamba.dicom_seg import SEG_SUFFIX, read_code_map, write_dicom_seg
 from medmamba.errors import InputError, MedmambaError
 from medmamba.io import (
     DEFAULT_MAX_VOXELS,
@@ -40,6 +41,7 @@ from medmamba.train import quiet, resolve_device
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 SUMMARY = "predict_summary.json"
 FAST_STEP = 0.7
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
 __all__ = ["CHECKPOINTS", "SUMMARY", "LoadedModel", "PredictResult", "find_folds", "group_cases", "load_model",
            "predict_folder", "read_case"]
@@ -150,6 +152,20 @@ def _configure_cpu(threads: int | None) -> None:
     torch.set_flush_denormal(True)
 
 
+def _maybe_dicom_seg(seg: Any, case: Any, model: LoadedModel, output_dir: Path, code_map: dict,
+                     record: dict[str, Any]) -> str | None:
+    """CASE_seg.dcm for a DICOM series input; other inputs get a warning (a SEG needs source instances)."""
+    import medmamba
+
+    if case.dicom_dir is None:
+        record.setdefault("warnings", []).append(f"{case.source}: not a DICOM series, no DICOM SEG written")
+        return None
+    network = model.info.get("network", "model")
+    path = write_dicom_seg(seg, case.dicom_files, model.predictor.dataset_json, output_dir / f"{case.name}{SEG_SUFFIX}",
+                           f"medmamba {network}", medmamba.__version__, code_map, model_name=f"medmamba-{network}")
+    return str(path)
+
+
 def watch_tiles(predictor: Any, on_tile: Callable[[int, int], None]) -> None:
     """Report (done, total) after every sliding-window tile of nnU-Net's predictor (one pass per fold).
 
@@ -190,7 +206,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
                    on_start: Callable[[int], None] | None = None, probabilities: bool = False,
                    on_case_start: Callable[[str], None] | None = None,
                    on_tile: Callable[[int, int], None] | None = None,
-                   on_record: Callable[[dict[str, Any]], None] | None = None) -> PredictResult:
+                   on_record: Callable[[dict[str, Any]], None] | None = None, output_format: str = "nifti",
+                   seg_codes: Path | None = None) -> PredictResult:
     """Predict every case of `input_dir` (folder, single file or DICOM series) into `output_dir`/CASE.nii.gz.
 
     `fast`: no mirroring TTA and a sliding-window step of at least 0.7 (fewer, less overlapping tiles).
@@ -199,12 +216,17 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     before the label map so a complete label map implies complete probabilities for --continue.
     Hooks for logs without a terminal: `on_case_start(case)`, `on_tile(done, total)` per sliding-window
     tile, `on_record(record)` with the finished case's predict_summary.json entry.
+    `output_format` "dicom-seg": also CASE_seg.dcm for every DICOM series input (codes from `seg_codes`),
+    written before the NIfTI for the same reason as the probabilities.
     """
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are multi-line C++ noise; we check ourselves
     if fast:
         tta, step_size = False, max(step_size, FAST_STEP)
+    if output_format not in OUTPUT_FORMATS:
+        raise MedmambaError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got '{output_format}'")
+    code_map = read_code_map(seg_codes) if output_format == "dicom-seg" else {}
     _configure_cpu(threads)
     with quiet(not verbose):
         model = load_model(model_dir, folds, device, tta, step_size)
@@ -248,6 +270,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
                 if probabilities:
                     seg, probs = seg
                     write_probabilities(probs, output_dir / f"{case.name}_probabilities.npz")
+                if output_format == "dicom-seg":
+                    record["dicom_seg"] = _maybe_dicom_seg(seg, case, model, output_dir, code_map, record)
                 write_label_map(seg, props, out)
                 result.written.append(out)
                 record["output"] = str(out)
