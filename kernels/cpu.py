@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import shutil
+import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -62,6 +63,9 @@ def arch_flags() -> list[str]:
 
 MANIFEST = "manifest.json"
 _STRICT_ENV = "MEDMAMBA_REQUIRE_COMPILED_KERNEL"
+# Part of the folder tag: builds of this layout (verified .so + manifest) never share a folder with an older
+# medmamba's torch-loader builds, which rebuild in place and would replace a verified library.
+_LAYOUT = b"selective_scan-manifest-1"
 
 
 def _flags() -> list[str]:
@@ -72,7 +76,7 @@ def _identity() -> dict[str, Any]:
     """What a compiled library must have been built from: the source's SHA256, torch version and flags."""
     src = _source().read_bytes()
     flags = _flags()
-    tag = hashlib.sha256(src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(_LAYOUT + src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
     return {"name": f"medmamba_selective_scan_{tag}", "tag": tag, "source_sha256": hashlib.sha256(src).hexdigest(),
             "torch": torch.__version__, "flags": flags}
 
@@ -119,47 +123,74 @@ def _load_prebuilt(folder: Path, ident: dict[str, Any]) -> Any:
 
 
 def build_extension(verbose: bool = False) -> Path:
-    """Compile the kernel into kernel_dir() (must be writable), write its manifest, drop the intermediates.
+    """Compile the kernel into kernel_dir() (its parent must be writable), with its manifest, nothing else.
 
-    Only the .so and manifest.json stay, so an image build leaves no object files or ninja state behind.
+    Built in a private temporary folder, then renamed into place: a reader never sees half a library, two
+    processes building at once do not mix their files (the loser keeps the winner's), and only the .so and
+    manifest.json remain, so an image build leaves no object files or ninja state behind.
     """
     global _EXT, _BUILD_FAILED
     from torch.utils.cpp_extension import load
 
     ident = _identity()
-    folder = kernel_dir()
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    _EXT = load(name=ident["name"], sources=[str(_source())], extra_cflags=ident["flags"],
-                extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose)
-    lib = folder / f"{ident['name']}.so"
-    manifest = {k: ident[k] for k in ("source_sha256", "torch", "flags")}
-    manifest.update(library=lib.name, library_sha256=_sha256(lib))
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, folder / MANIFEST)
-    for leftover in folder.iterdir():
-        if leftover.name not in (lib.name, MANIFEST):
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-    _BUILD_FAILED = None
-    return lib
+    final = kernel_dir()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        ext = load(name=ident["name"], sources=[str(_source())], extra_cflags=ident["flags"],
+                   extra_ldflags=["-fopenmp"], build_directory=str(work), verbose=verbose)
+        lib = work / f"{ident['name']}.so"
+        manifest = {k: ident[k] for k in ("source_sha256", "torch", "flags")}
+        manifest.update(library=lib.name, library_sha256=_sha256(lib))
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for leftover in work.iterdir():
+            if leftover.name not in (lib.name, MANIFEST):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        work.chmod(0o755)  # mkdtemp made it private; the image's non-root user must read it
+        if final.exists():  # a library that failed verification
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(work, final)
+        except OSError:  # another process renamed its (identical) build first
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _EXT, _BUILD_FAILED = ext, None
+    return final / lib.name
+
+
+def _writable(folder: Path) -> bool:
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and os.access(existing, os.W_OK)
 
 
 def load_extension(verbose: bool = False) -> Any:
-    """Load the prebuilt kernel (verified, nothing written), else build it; raises RuntimeError when impossible."""
+    """Load the prebuilt kernel (verified, nothing written), else build it; raises RuntimeError when impossible.
+
+    A library that fails verification is rebuilt where the cache is writable (a user's cache), and refused
+    where it is not (an image): the error then names the file and the check that failed.
+    """
     global _EXT
     if _EXT is not None:
         return _EXT
     ident = _identity()
     folder = cache_dir() / f"selective_scan_{ident['tag']}"
     if (folder / MANIFEST).is_file():
-        _EXT = _load_prebuilt(folder, ident)
-        return _EXT
-    writable_base = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if writable_base is None or not os.access(writable_base, os.W_OK):
-        raise RuntimeError(f"no prebuilt kernel in {folder} and {writable_base} is not writable (build it at "
-                           "image build time: `python -m medmamba.kernels build`)")
+        try:
+            _EXT = _load_prebuilt(folder, ident)
+            return _EXT
+        except (RuntimeError, ImportError, OSError, ValueError, KeyError) as bad:
+            if not _writable(folder.parent):
+                raise RuntimeError(str(bad)) from None
+            try:
+                build_extension(verbose)
+            except Exception as exc:
+                last = (str(exc).strip().splitlines() or [""])[-1]
+                raise RuntimeError(f"{bad}; rebuilding failed too ({type(exc).__name__}: {last})") from exc
+            return _EXT
+    if not _writable(folder):
+        raise RuntimeError(f"no prebuilt kernel in {folder} and it cannot be built there (read-only): build it "
+                           "at image build time with `python -m medmamba.kernels build`")
     build_extension(verbose)
     return _EXT
 

@@ -99,19 +99,35 @@ def test_compiled_kernel_used_from_read_only_folder(built_cache, tmp_path):
         _make_writable(ro)
 
 
-def test_tampered_library_is_refused_loudly(built_cache, tmp_path):
-    cache = tmp_path / "tampered"
-    shutil.copytree(built_cache, cache)
-    (lib,) = cache.glob("*/*.so")
+def _tampered_copy(built_cache: Path, dst: Path) -> Path:
+    shutil.copytree(built_cache, dst)
+    (lib,) = dst.glob("*/*.so")
     data = bytearray(lib.read_bytes())
     data[-1] ^= 0xFF
     lib.write_bytes(bytes(data))
-    strict = _run(USE_KERNEL, cache, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
-    assert strict.returncode != 0 and "SHA256 differs" in strict.stderr
-    # without the strict switch: one warning naming the reason, then the (correct) PyTorch fallback
-    lenient = _run(USE_KERNEL.replace('warnings.simplefilter("error", RuntimeWarning)', ""), cache)
-    assert lenient.returncode == 0, lenient.stderr[-3000:]
-    assert "STATUS fallback (RuntimeError" in lenient.stdout and lenient.stderr.count("SHA256 differs") == 1
+    return dst
+
+
+def test_tampered_library_in_read_only_image_is_refused_loudly(built_cache, tmp_path):
+    cache = _read_only_copy(_tampered_copy(built_cache, tmp_path / "tampered"), tmp_path / "ro")
+    try:
+        strict = _run(USE_KERNEL, cache, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+        assert strict.returncode != 0 and "SHA256 differs" in strict.stderr
+        # without the strict switch: one warning naming the reason, then the (correct) PyTorch fallback
+        lenient = _run(USE_KERNEL.replace('warnings.simplefilter("error", RuntimeWarning)', ""), cache)
+        assert lenient.returncode == 0, lenient.stderr[-3000:]
+        assert "STATUS fallback (RuntimeError" in lenient.stdout and lenient.stderr.count("SHA256 differs") == 1
+    finally:
+        _make_writable(cache)
+
+
+def test_tampered_library_in_writable_cache_is_rebuilt(built_cache, tmp_path):
+    """A user's cache (or one an older medmamba rebuilt in place): rebuilt from the source, then used."""
+    cache = _tampered_copy(built_cache, tmp_path / "tampered")
+    res = _run(USE_KERNEL.replace("sys.addaudithook(hook)", ""), cache, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+    assert res.returncode == 0 and "STATUS compiled" in res.stdout, res.stderr[-3000:]
+    # same layout as a fresh build: the .so and manifest.json, no temporary folder left
+    assert sorted(p.name for p in cache.rglob("*")) == sorted(p.name for p in built_cache.rglob("*"))
 
 
 def test_missing_kernel_in_read_only_cache_says_how_to_build(tmp_path):
