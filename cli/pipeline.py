@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import WorkdirOption, console, err_console, fail, handle_errors, progress_bar
+from .common import PlainPredictLog, WorkdirOption, console, err_console, fail, handle_errors, progress_bar
 
 
 @handle_errors
@@ -118,6 +118,10 @@ def predict(
                                                "series.")] = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write CASE_probabilities.npz "
                                                 "(float16 class probabilities on the input grid).")] = False,
+    output_format: Annotated[str, typer.Option(help="nifti, or dicom-seg: also CASE_seg.dcm (DICOM SEG) for each "
+                                               "DICOM series input (nifti).")] = "nifti",
+    seg_codes: Annotated[Path | None, typer.Option(help="JSON label name -> {category, type: [value, scheme, "
+                                                   "meaning]} codes for DICOM SEG (SNOMED CT).")] = None,
     ref: Annotated[Path | None, typer.Option(help="Reference labels: also write a report to OUTPUT/report/.")] = None,
     pdf: Annotated[bool, typer.Option(help="With --ref: also render the report as PDF.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
@@ -125,11 +129,14 @@ def predict(
     """Segment images; labels are written on each input's own grid, every case is listed in predict_summary.json."""
     from medmamba.predict import predict_folder
 
-    with progress_bar() as bar:
+    plain = None if console.is_terminal else PlainPredictLog()  # no terminal: plain lines, not bars
+    with progress_bar(disable=plain is not None) as bar:
         state: dict[str, Any] = {}
 
         def on_start(n_cases: int) -> None:
             state["task"] = bar.add_task("predicting", total=n_cases)
+            if plain is not None:
+                plain.on_start(n_cases)
 
         def on_case(case: str, error: str | None) -> None:
             bar.update(state["task"], advance=1, description=f"predicted {case}")
@@ -138,7 +145,9 @@ def predict(
 
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
                                 verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
-                                series=series, on_start=on_start, probabilities=probabilities)
+                                series=series, on_start=on_start, probabilities=probabilities,
+                                output_format=output_format, seg_codes=seg_codes,
+                                **(plain.hooks() if plain is not None else {}))
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     skipped = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""

@@ -7,12 +7,12 @@ import sys
 
 def main(argv: list[str]) -> int:
     if argv[:1] != ["build"]:
-        print("usage: python -m medmamba.kernels build", file=sys.stderr)
+        print("usage: python -m medmamba.kernels build [-v]", file=sys.stderr)
         return 2
-    from .cpu import cache_dir, load_extension
+    from .cpu import build_extension
 
-    load_extension(verbose="-v" in argv)
-    print(f"compiled CPU selective-scan kernel ready in {cache_dir()}")
+    lib = build_extension(verbose="-v" in argv)
+    print(f"compiled CPU selective-scan kernel ready: {lib}")
     return 0
 
 

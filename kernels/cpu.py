@@ -1,17 +1,23 @@
 """Compiled CPU backend of the selective scan, plus a pure-PyTorch chunked fallback.
 
 The C++ kernel (csrc/selective_scan.cpp) is built once with torch.utils.cpp_extension into a user cache
-folder keyed by the source and torch version, then reused; `python -m medmamba.kernels build` does the
-build ahead of time (the Docker image runs it at build time, because a read-only container cannot).
-Where no compiler works, the chunked PyTorch path is used after a single warning.
+folder keyed by the source, torch version and flags, next to a manifest.json (source SHA256, torch, flags,
+the library's SHA256); `python -m medmamba.kernels build` does the build ahead of time (the Docker image
+runs it at build time). Later runs import the .so directly after checking the manifest, writing nothing:
+torch's own loader takes a lock file next to the library, which fails on a read-only image. Where no
+kernel can be used, the chunked PyTorch path is used after a single warning (or an error when
+MEDMAMBA_REQUIRE_COMPILED_KERNEL=1).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import platform
+import shutil
+import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -55,26 +61,154 @@ def arch_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
 
 
+MANIFEST = "manifest.json"
+_STRICT_ENV = "MEDMAMBA_REQUIRE_COMPILED_KERNEL"
+# Part of the folder tag: builds of this layout (verified .so + manifest) never share a folder with an older
+# medmamba's torch-loader builds, which rebuild in place and would replace a verified library.
+_LAYOUT = b"selective_scan-manifest-1"
+
+
+def _flags() -> list[str]:
+    return ["-O3", "-ffast-math", "-fopenmp", *arch_flags()]
+
+
+def _identity() -> dict[str, Any]:
+    """What a compiled library must have been built from: the source's SHA256, torch version and flags."""
+    src = _source().read_bytes()
+    flags = _flags()
+    tag = hashlib.sha256(_LAYOUT + src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    return {"name": f"medmamba_selective_scan_{tag}", "tag": tag, "source_sha256": hashlib.sha256(src).hexdigest(),
+            "torch": torch.__version__, "flags": flags}
+
+
+def kernel_dir() -> Path:
+    """The folder of this source/torch/flags combination inside cache_dir()."""
+    return cache_dir() / f"selective_scan_{_identity()['tag']}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # the library is a few MB: one read is fine
+
+
+def _import_library(name: str, path: Path) -> Any:
+    """Import a compiled extension straight from its .so: unlike torch's loader this writes no lock file."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
+    if spec is None:
+        raise RuntimeError(f"{path}: not loadable as a Python extension")
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def _load_prebuilt(folder: Path, ident: dict[str, Any]) -> Any:
+    """Check the manifest against this source and the library's own hash, then import it (read-only safe)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for key in ("source_sha256", "torch", "flags"):
+        if manifest.get(key) != ident[key]:
+            raise RuntimeError(f"{folder / MANIFEST}: built for another {key} ({manifest.get(key)!r}, this install "
+                               f"has {ident[key]!r}); rebuild with `python -m medmamba.kernels build`")
+    lib = folder / manifest["library"]
+    if _sha256(lib) != manifest.get("library_sha256"):
+        raise RuntimeError(f"{lib}: SHA256 differs from {MANIFEST} (modified or truncated); rebuild with "
+                           "`python -m medmamba.kernels build`")
+    return _import_library(ident["name"], lib)
+
+
+def build_extension(verbose: bool = False) -> Path:
+    """Compile the kernel into kernel_dir() (its parent must be writable), with its manifest, nothing else.
+
+    Built in a private temporary folder, then renamed into place: a reader never sees half a library, two
+    processes building at once do not mix their files (the loser keeps the winner's), and only the .so and
+    manifest.json remain, so an image build leaves no object files or ninja state behind.
+    """
+    global _EXT, _BUILD_FAILED
+    from torch.utils.cpp_extension import load
+
+    ident = _identity()
+    final = kernel_dir()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        ext = load(name=ident["name"], sources=[str(_source())], extra_cflags=ident["flags"],
+                   extra_ldflags=["-fopenmp"], build_directory=str(work), verbose=verbose)
+        lib = work / f"{ident['name']}.so"
+        manifest = {k: ident[k] for k in ("source_sha256", "torch", "flags")}
+        manifest.update(library=lib.name, library_sha256=_sha256(lib))
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for leftover in work.iterdir():
+            if leftover.name not in (lib.name, MANIFEST):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        work.chmod(0o755)  # mkdtemp made it private; the image's non-root user must read it
+        if final.exists():  # a library that failed verification
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(work, final)
+        except OSError:  # another process renamed its (identical) build first
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _EXT, _BUILD_FAILED = ext, None
+    return final / lib.name
+
+
+def _writable(folder: Path) -> bool:
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and os.access(existing, os.W_OK)
+
+
 def load_extension(verbose: bool = False) -> Any:
-    """Build (first time) or load the compiled kernel; raises RuntimeError when that is impossible."""
+    """Load the prebuilt kernel (verified, nothing written), else build it; raises RuntimeError when impossible.
+
+    A library that fails verification is rebuilt where the cache is writable (a user's cache), and refused
+    where it is not (an image): the error then names the file and the check that failed.
+    """
     global _EXT
     if _EXT is not None:
         return _EXT
-    from torch.utils.cpp_extension import load
-
-    src = _source()
-    flags = ["-O3", "-ffast-math", "-fopenmp", *arch_flags()]
-    key = src.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()
-    tag = hashlib.sha256(key).hexdigest()[:12]
-    folder = cache_dir() / f"selective_scan_{tag}"
-    folder.mkdir(parents=True, exist_ok=True)
-    _EXT = load(name=f"medmamba_selective_scan_{tag}", sources=[str(src)], extra_cflags=flags,
-                extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose)
+    ident = _identity()
+    folder = cache_dir() / f"selective_scan_{ident['tag']}"
+    if (folder / MANIFEST).is_file():
+        try:
+            _EXT = _load_prebuilt(folder, ident)
+            return _EXT
+        except (RuntimeError, ImportError, OSError, ValueError, KeyError) as bad:
+            if not _writable(folder.parent):
+                raise RuntimeError(str(bad)) from None
+            try:
+                build_extension(verbose)
+            except Exception as exc:
+                last = (str(exc).strip().splitlines() or [""])[-1]
+                raise RuntimeError(f"{bad}; rebuilding failed too ({type(exc).__name__}: {last})") from exc
+            return _EXT
+    if not _writable(folder):
+        raise RuntimeError(f"no prebuilt kernel in {folder} and it cannot be built there (read-only): build it "
+                           "at image build time with `python -m medmamba.kernels build`")
+    build_extension(verbose)
     return _EXT
 
 
+def kernel_status() -> str | None:
+    """'compiled', 'fallback (reason)' or None when no CPU scan was asked for yet; recorded by predict."""
+    if _EXT is not None:
+        return "compiled"
+    if _BUILD_FAILED is not None:
+        return f"fallback ({_BUILD_FAILED})"
+    return None
+
+
 def extension_available() -> bool:
-    """True when the compiled kernel is (or can be) loaded; remembers a failure so it warns only once."""
+    """True when the compiled kernel is (or can be) loaded; remembers a failure so it warns only once.
+
+    With MEDMAMBA_REQUIRE_COMPILED_KERNEL=1 a failure raises instead: a site can refuse to run 8x slower.
+    """
     global _BUILD_FAILED
     if _EXT is not None:
         return True
@@ -83,8 +217,11 @@ def extension_available() -> bool:
     try:
         load_extension()
         return True
-    except Exception as exc:  # no compiler, no headers, read-only cache...
+    except Exception as exc:  # no compiler, no headers, read-only cache, tampered library...
         _BUILD_FAILED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        if os.environ.get(_STRICT_ENV, "") not in ("", "0"):
+            raise RuntimeError(f"compiled CPU scan kernel unavailable ({_BUILD_FAILED}) and {_STRICT_ENV} is set"
+                               ) from exc
         warnings.warn(f"medmamba: compiled CPU scan kernel unavailable ({_BUILD_FAILED}); using the slower "
                       "PyTorch fallback", RuntimeWarning, stacklevel=3)
         return False

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from medmamba.dicom_seg import SEG_SUFFIX, read_code_map, write_dicom_seg
 from medmamba.errors import InputError, MedmambaError
 from medmamba.io import (
     DEFAULT_MAX_VOXELS,
@@ -40,6 +41,7 @@ from medmamba.train import quiet, resolve_device
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 SUMMARY = "predict_summary.json"
 FAST_STEP = 0.7
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
 __all__ = ["CHECKPOINTS", "SUMMARY", "LoadedModel", "PredictResult", "find_folds", "group_cases", "load_model",
            "predict_folder", "read_case"]
@@ -150,18 +152,72 @@ def _configure_cpu(threads: int | None) -> None:
     torch.set_flush_denormal(True)
 
 
+def _maybe_dicom_seg(seg: Any, case: Any, model: LoadedModel, output_dir: Path, code_map: dict,
+                     record: dict[str, Any]) -> str | None:
+    """CASE_seg.dcm for a DICOM series input; other inputs get a warning (a SEG needs source instances)."""
+    import medmamba
+
+    if case.dicom_dir is None:
+        record.setdefault("warnings", []).append(f"{case.source}: not a DICOM series, no DICOM SEG written")
+        return None
+    network = model.info.get("network", "model")
+    path = write_dicom_seg(seg, case.dicom_files, model.predictor.dataset_json, output_dir / f"{case.name}{SEG_SUFFIX}",
+                           f"medmamba {network}", medmamba.__version__, code_map, model_name=f"medmamba-{network}")
+    return str(path)
+
+
+def watch_tiles(predictor: Any, on_tile: Callable[[int, int], None]) -> None:
+    """Report (done, total) after every sliding-window tile of nnU-Net's predictor (one pass per fold).
+
+    nnU-Net's own tqdm bar is off (and useless in a log file); wrapping the two per-instance methods that
+    list the tiles and predict one tile is enough, nnU-Net's code stays unchanged.
+    """
+    state = {"done": 0, "total": 0}
+    get_slicers, predict_tile = predictor._internal_get_sliding_window_slicers, \
+        predictor._internal_maybe_mirror_and_predict
+
+    def slicers(image_size: Any) -> Any:
+        found = get_slicers(image_size)
+        state["done"], state["total"] = 0, len(found)
+        return found
+
+    def tile(x: torch.Tensor) -> torch.Tensor:
+        out = predict_tile(x)
+        state["done"] += 1
+        on_tile(state["done"], state["total"])
+        return out
+
+    predictor._internal_get_sliding_window_slicers = slicers
+    predictor._internal_maybe_mirror_and_predict = tile
+
+
+def scan_kernel_status() -> str | None:
+    """Which CPU selective scan ran: 'compiled', 'fallback (why)', or None (no Mamba scan on the CPU)."""
+    from medmamba.kernels import cpu
+
+    return cpu.kernel_status()
+
+
 def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: list[str] | None = None,
                    tta: bool | None = None, device: str = "auto", step_size: float = 0.5,
                    on_case: Callable[[str, str | None], None] | None = None, verbose: bool = False, *,
                    resume: bool = False, fast: bool = False, threads: int | None = None,
                    max_voxels: int | None = DEFAULT_MAX_VOXELS, series: str | None = None,
-                   on_start: Callable[[int], None] | None = None, probabilities: bool = False) -> PredictResult:
+                   on_start: Callable[[int], None] | None = None, probabilities: bool = False,
+                   on_case_start: Callable[[str], None] | None = None,
+                   on_tile: Callable[[int, int], None] | None = None,
+                   on_record: Callable[[dict[str, Any]], None] | None = None, output_format: str = "nifti",
+                   seg_codes: Path | None = None) -> PredictResult:
     """Predict every case of `input_dir` (folder, single file or DICOM series) into `output_dir`/CASE.nii.gz.
 
     `fast`: no mirroring TTA and a sliding-window step of at least 0.7 (fewer, less overlapping tiles).
     `resume`: keep complete outputs from an earlier (possibly killed) run instead of recomputing them.
     `probabilities`: also CASE_probabilities.npz (float16, (classes, z, y, x) on the input grid), written
     before the label map so a complete label map implies complete probabilities for --continue.
+    Hooks for logs without a terminal: `on_case_start(case)`, `on_tile(done, total)` per sliding-window
+    tile, `on_record(record)` with the finished case's predict_summary.json entry.
+    `output_format` "dicom-seg": also CASE_seg.dcm for every DICOM series input (codes from `seg_codes`),
+    written before the NIfTI for the same reason as the probabilities.
     """
     import SimpleITK as sitk
 
@@ -171,9 +227,14 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are multi-line C++ noise; we check ourselves
     if fast:
         tta, step_size = False, max(step_size, FAST_STEP)
+    if output_format not in OUTPUT_FORMATS:
+        raise MedmambaError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got '{output_format}'")
+    code_map = read_code_map(seg_codes) if output_format == "dicom-seg" else {}
     _configure_cpu(threads)
     with quiet(not verbose):
         model = load_model(model_dir, folds, device, tta, step_size)
+    if on_tile is not None:
+        watch_tiles(model.predictor, on_tile)
     cases = collect_cases(Path(input_dir), model.n_channels, series)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +253,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     }
     for case in cases:
         start = time.perf_counter()
+        if on_case_start is not None:
+            on_case_start(case.name)
         out = output_dir / f"{case.name}.nii.gz"
         record: dict[str, Any] = {"case": case.name, "input": case.source, "output": None, "status": "ok",
                                   "seconds": None, "error": None}
@@ -210,6 +273,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
                 if probabilities:
                     seg, probs = seg
                     write_probabilities(probs, output_dir / f"{case.name}_probabilities.npz")
+                if output_format == "dicom-seg":
+                    record["dicom_seg"] = _maybe_dicom_seg(seg, case, model, output_dir, code_map, record)
                 write_label_map(seg, props, out)
                 result.written.append(out)
                 record["output"] = str(out)
@@ -230,9 +295,12 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
         summary["n_cases"] = len(cases)
         for status in ("ok", "failed", "skipped"):
             summary[f"n_{status}"] = sum(c["status"] == status for c in summary["cases"])
+        summary["scan_kernel"] = scan_kernel_status()
         write_json_atomic(summary, result.summary)
         if on_case is not None:
             on_case(case.name, error)
+        if on_record is not None:
+            on_record(record)
     summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(summary, result.summary)
     return result

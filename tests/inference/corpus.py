@@ -154,6 +154,7 @@ def write_dicom_series(img: sitk.Image, folder: Path, series_uid: str, prefix: s
         tags = {
             "0008|0060": "CT", "0010|0010": "Phantom^Test", "0010|0020": "PH0001",
             "0020|000d": study, "0020|000e": series_uid, "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0052": f"{series_uid}.0",  # Frame of Reference UID: every real CT has one (DICOM SEG needs it)
             "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
             "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[0:7:3], *direction[1:8:3])),
             "0018|0050": f"{vol.GetSpacing()[2]:.6f}", "0028|0030": f"{vol.GetSpacing()[1]:.6f}\\"

@@ -1,0 +1,144 @@
+"""The compiled scan kernel loads from a read-only folder without writing a byte (issue 13, defect 3).
+
+torch's extension loader takes a lock file next to the library, so in a `--read-only` container every
+Mamba network used to fall back to the PyTorch scan, silently and ~8x slower. The kernel is built once
+here into a private cache, copied into a folder made read-only, and then used in a fresh interpreter
+whose audit hook refuses any write below that folder (chmod alone does not stop root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+USE_KERNEL = r'''
+import os, sys, warnings
+ro = os.path.realpath(os.environ["MEDMAMBA_KERNEL_CACHE"])
+
+def hook(event, args):
+    path = None
+    if event == "open" and (args[1] is None and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+                            or args[1] is not None and any(c in args[1] for c in "wax+")):
+        path = args[0]
+    elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.replace", "os.chmod", "os.utime"):
+        path = args[0]
+    if isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(path)).startswith(ro):
+        raise PermissionError(f"WRITE REFUSED: {event} {os.fsdecode(path)}")
+
+sys.addaudithook(hook)
+warnings.simplefilter("error", RuntimeWarning)
+import torch
+from medmamba.kernels import cpu, selective_scan
+g = torch.Generator().manual_seed(0)
+u, delta, z = (torch.randn(1, 8, 37, generator=g) for _ in range(3))
+A = -torch.arange(1, 17, dtype=torch.float32).repeat(8, 1)
+B, C = (torch.randn(1, 16, 37, generator=g) for _ in range(2))
+y = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True)
+ref = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, backend="ref")
+torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+print("STATUS", cpu.kernel_status())
+'''
+
+
+def _run(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "MEDMAMBA_KERNEL_CACHE": str(cache), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=900)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(root)): (p.stat().st_mode, hashlib.sha256(p.read_bytes()).hexdigest()
+                                       if p.is_file() else "") for p in sorted(root.rglob("*"))}
+
+
+def _read_only_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for p in sorted(dst.rglob("*"), reverse=True) + [dst]:
+        p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | (0o111 if p.is_dir() else 0))
+    return dst
+
+
+def _make_writable(root: Path) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory) -> Path:
+    """A kernel cache built by `python -m medmamba.kernels build`, as the Docker image does."""
+    cache = tmp_path_factory.mktemp("kernel_build")
+    res = subprocess.run([sys.executable, "-m", "medmamba.kernels", "build"], capture_output=True, text=True,
+                         env={**os.environ, "MEDMAMBA_KERNEL_CACHE": str(cache)}, timeout=900, cwd="/")
+    if res.returncode != 0 and "compiler" in (res.stderr + res.stdout).lower():
+        pytest.skip(f"no working C++ toolchain: {res.stderr.strip().splitlines()[-1:]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (folder,) = cache.iterdir()
+    kept = sorted(p.name for p in folder.iterdir())
+    assert len(kept) == 2 and "manifest.json" in kept and kept[1].endswith(".so"), f"build leftovers: {kept}"
+    return cache
+
+
+def test_compiled_kernel_used_from_read_only_folder(built_cache, tmp_path):
+    ro = _read_only_copy(built_cache, tmp_path / "ro")
+    before = _snapshot(ro)
+    try:
+        res = _run(USE_KERNEL, ro, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "STATUS compiled" in res.stdout  # the compiled path, no fallback (warnings are errors here)
+        assert "WRITE REFUSED" not in res.stderr
+        assert _snapshot(ro) == before
+    finally:
+        _make_writable(ro)
+
+
+def _tampered_copy(built_cache: Path, dst: Path) -> Path:
+    shutil.copytree(built_cache, dst)
+    (lib,) = dst.glob("*/*.so")
+    data = bytearray(lib.read_bytes())
+    data[-1] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    return dst
+
+
+def test_tampered_library_in_read_only_image_is_refused_loudly(built_cache, tmp_path):
+    cache = _read_only_copy(_tampered_copy(built_cache, tmp_path / "tampered"), tmp_path / "ro")
+    try:
+        strict = _run(USE_KERNEL, cache, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+        assert strict.returncode != 0 and "SHA256 differs" in strict.stderr
+        # without the strict switch: one warning naming the reason, then the (correct) PyTorch fallback
+        lenient = _run(USE_KERNEL.replace('warnings.simplefilter("error", RuntimeWarning)', ""), cache)
+        assert lenient.returncode == 0, lenient.stderr[-3000:]
+        assert "STATUS fallback (RuntimeError" in lenient.stdout and lenient.stderr.count("SHA256 differs") == 1
+    finally:
+        _make_writable(cache)
+
+
+def test_tampered_library_in_writable_cache_is_rebuilt(built_cache, tmp_path):
+    """A user's cache (or one an older medmamba rebuilt in place): rebuilt from the source, then used."""
+    cache = _tampered_copy(built_cache, tmp_path / "tampered")
+    res = _run(USE_KERNEL.replace("sys.addaudithook(hook)", ""), cache, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+    assert res.returncode == 0 and "STATUS compiled" in res.stdout, res.stderr[-3000:]
+    # same layout as a fresh build: the .so and manifest.json, no temporary folder left
+    assert sorted(p.name for p in cache.rglob("*")) == sorted(p.name for p in built_cache.rglob("*"))
+
+
+def test_missing_kernel_in_read_only_cache_says_how_to_build(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty.chmod(0o555)
+    try:
+        res = _run(USE_KERNEL, empty, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+    finally:
+        empty.chmod(0o755)
+    assert res.returncode != 0
+    if os.geteuid() != 0:  # root may write to a 0555 folder: then the audit hook is what refuses
+        assert "python -m medmamba.kernels build" in res.stderr
+    assert not any(empty.iterdir())
