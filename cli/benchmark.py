@@ -23,6 +23,11 @@ def benchmark(
     preset: Annotated[str, typer.Option(help="Preset profile whose architecture and batch limit are measured.")]
     = "cpu",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows as JSON.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="Instead of the table: torch.profiler self CPU time per op family for NETWORK.",
+        metavar="NETWORK")] = None,
+    profile_mode: Annotated[str, typer.Option(help="With --profile: 'train' (one iteration at the plan's "
+                                                   "batch) or 'forward' (batch 1, no grad).")] = "train",
     workdir: WorkdirOption = None,
 ) -> None:
     """Parameters, GFLOPs per patch (scans included), CPU latency, train-iteration time, peak memory, vs nnunet."""
@@ -35,6 +40,9 @@ def benchmark(
     folder = ws.preprocessed / dataset_name(dataset)
     if not (folder / "nnUNetPlans.json").is_file():
         raise FileNotFoundError(f"{folder / 'nnUNetPlans.json'}: missing; run `medmamba plan {dataset}` first")
+    if profile is not None:
+        _print_profile(folder, profile, max(1, repeats - 1), threads, preset, profile_mode, output)
+        return
     names = networks.split(",") if networks else list(NETWORKS)
     if "nnunet" not in names:
         names.insert(0, "nnunet")
@@ -62,6 +70,27 @@ def benchmark(
         tmp = output.with_name(f".{output.name}.partial")
         tmp.write_text(json.dumps(rows, indent=2))
         tmp.replace(output)
+
+
+def _print_profile(folder: Path, network: str, steps: int, threads: int | None, preset: str, mode: str,
+                   output: Path | None) -> None:
+    """The per-op-family table of `--profile` (and its JSON with -o)."""
+    from medmamba.benchmark import profile_network
+
+    if mode not in ("train", "forward"):
+        raise ValueError(f"--profile-mode must be 'train' or 'forward', not '{mode}'")
+    res = profile_network(folder, network, steps, threads, preset, mode)
+    what = f"one training iteration at batch {res['batch_size']}" if mode == "train" else "one forward at batch 1"
+    table = Table(title=f"{network}: self CPU time per op family, {what} (patch {res['patch_size']}, "
+                        f"{threads or 'default'} threads)")
+    for col in ("op family", "share", "ms", "calls", "largest ops (ms)"):
+        table.add_column(col, justify="left" if col in ("op family", "largest ops (ms)") else "right")
+    for r in res["families"]:
+        table.add_row(r["family"], f"{100 * r['share']:.1f}%", f"{r['self_ms']:.0f}", str(r["calls"]), r["top_ops"])
+    console.print(table)
+    console.print(f"wall {res['wall_s']:.2f} s per step (profiler on), {res['profiled_ms']:.0f} ms of self time")
+    if output is not None:
+        output.write_text(json.dumps(res, indent=2))
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
