@@ -186,3 +186,40 @@ def scan_core_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     _, ys = run(torch.stack(starts, dim=-1), with_y=True)
     y = torch.stack(ys, dim=-1)  # (b, g, dpg, nc, T)
     return y.reshape(b, d, nc * T)[..., :length], carry.reshape(b, d, n).detach()
+
+
+# --- Generic build-and-cache for the further C++ sources in csrc/ (issue 12: kernels/fused.py) --------------------
+# Same compiler flags and cache-key rule as load_extension above (source, torch version, flags). Kept apart so that
+# the scan's loader can change independently; after merging, load_extension can become
+# `load_cached_extension("selective_scan")` with identical folder and module names.
+_CACHED: dict[str, Any] = {}
+_CACHED_FAILED: dict[str, str] = {}
+
+
+def load_cached_extension(stem: str, verbose: bool = False) -> Any:
+    """Build (first time) or load csrc/<stem>.cpp from cache_dir()/<stem>_<hash>; raises when impossible."""
+    if stem not in _CACHED:
+        from torch.utils.cpp_extension import load
+
+        src = Path(str(resources.files("medmamba.kernels") / "csrc" / f"{stem}.cpp"))
+        flags = ["-O3", "-ffast-math", "-fopenmp", *arch_flags()]
+        tag = hashlib.sha256(src.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+        folder = cache_dir() / f"{stem}_{tag}"
+        folder.mkdir(parents=True, exist_ok=True)
+        _CACHED[stem] = load(name=f"medmamba_{stem}_{tag}", sources=[str(src)], extra_cflags=flags,
+                             extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose)
+    return _CACHED[stem]
+
+
+def try_cached_extension(stem: str) -> Any | None:
+    """`load_cached_extension`, or None after a single warning when it cannot be built or loaded."""
+    if stem in _CACHED_FAILED:
+        return None
+    try:
+        return load_cached_extension(stem)
+    except Exception as exc:  # no compiler, no headers, read-only cache...
+        text = str(exc).strip()
+        _CACHED_FAILED[stem] = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+        warnings.warn(f"medmamba: compiled CPU kernels '{stem}' unavailable ({_CACHED_FAILED[stem]}); using "
+                      "PyTorch ops", RuntimeWarning, stacklevel=3)
+        return None
