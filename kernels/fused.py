@@ -88,6 +88,41 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return causal_conv1d_ref(x, weight, bias, silu)
 
 
+def weight_grad(g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """g2^T @ x2 (an (m, n) weight gradient reduced over many tokens), in the faster GEMM orientation.
+
+    With m >> n (e.g. dt_proj: 64 x 2 over 179,200 tokens) MKL's g^T @ x took 166 ms where (x^T @ g)^T took
+    12 ms (1 thread): the product is cheapest with the smaller side as its rows.
+    """
+    if x2.shape[1] < g2.shape[1]:
+        return torch.mm(x2.t(), g2).t()
+    return torch.mm(g2.t(), x2)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        dx = (g2 @ weight).view(x.shape) if ctx.needs_input_grad[0] else None
+        dw = weight_grad(g2, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` whose weight gradient takes the faster GEMM orientation (see `weight_grad`); CPU only."""
+    if fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+        return _Linear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class _SplitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, sizes):
@@ -117,7 +152,7 @@ class _SplitLinear(torch.autograd.Function):
             if need_x:
                 dx = g2 @ weight[rows] if dx is None else dx.addmm_(g2, weight[rows])
             if need_w:
-                torch.mm(g2.t(), x2, out=dw[rows])
+                dw[rows] = weight_grad(g2, x2)
             if need_b:
                 torch.sum(g2, dim=0, out=db[rows])
         if dx is not None:

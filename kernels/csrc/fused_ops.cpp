@@ -171,9 +171,66 @@ std::vector<torch::Tensor> causal_conv_bwd(torch::Tensor x, torch::Tensor weight
   return {dx, dw, db};
 }
 
+// Route gathers of multi-route scans. out[b, k, ch, i] = x[b, k or 0, ch, index[k, i]]: every (b, k, ch) row
+// gathers from one row of x (l floats, cache-resident) with the same index row, i.e. a permutation read.
+torch::Tensor route_gather(torch::Tensor x, torch::Tensor index) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "x must be float32 (b, K or 1, c, l)");
+  TORCH_CHECK(index.dim() == 2 && index.scalar_type() == torch::kInt64 && index.is_contiguous(), "bad index");
+  const int64_t nb = x.size(0), kx = x.size(1), c = x.size(2), l = x.size(3), K = index.size(0);
+  TORCH_CHECK(index.size(1) == l && (kx == 1 || kx == K), "index does not match x");
+  auto out = torch::empty({nb, K, c, l}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const int64_t sb = x.stride(0), sk = kx == 1 ? 0 : x.stride(1), sc = x.stride(2), sl = x.stride(3);
+  const int64_t* ip = index.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < nb * K * c; ++row) {
+    const int64_t b = row / (K * c), k = (row / c) % K, ch = row % c;
+    const float* src = xp + b * sb + k * sk + ch * sc;
+    const int64_t* idx = ip + k * l;
+    float* dst = op + row * l;
+    if (sl == 1) {
+      for (int64_t i = 0; i < l; ++i) dst[i] = src[idx[i]];
+    } else {
+      for (int64_t i = 0; i < l; ++i) dst[i] = src[idx[i] * sl];
+    }
+  }
+  return out;
+}
+
+// sum_k of route_gather(g, index)[:, k]: the adjoint of reading one map along K routes (index = the inverses)
+torch::Tensor route_gather_sum(torch::Tensor g, torch::Tensor index) {
+  TORCH_CHECK(g.dim() == 4 && g.scalar_type() == torch::kFloat32, "g must be float32 (b, K, c, l)");
+  TORCH_CHECK(index.dim() == 2 && index.scalar_type() == torch::kInt64 && index.is_contiguous(), "bad index");
+  const int64_t nb = g.size(0), K = g.size(1), c = g.size(2), l = g.size(3);
+  TORCH_CHECK(index.size(0) == K && index.size(1) == l, "index does not match g");
+  auto out = torch::empty({nb, c, l}, g.options());
+  const float* gp = g.data_ptr<float>();
+  const int64_t sb = g.stride(0), sk = g.stride(1), sc = g.stride(2), sl = g.stride(3);
+  const int64_t* ip = index.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < nb * c; ++row) {
+    const int64_t b = row / c, ch = row % c;
+    float* dst = op + row * l;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* src = gp + b * sb + k * sk + ch * sc;
+      const int64_t* idx = ip + k * l;
+      if (k == 0) {
+        for (int64_t i = 0; i < l; ++i) dst[i] = src[idx[i] * sl];
+      } else {
+        for (int64_t i = 0; i < l; ++i) dst[i] += src[idx[i] * sl];
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv_fwd", &causal_conv_fwd, "causal depthwise conv1d (+SiLU) on token-major (b, l, d), CPU");
   m.def("causal_conv_bwd", &causal_conv_bwd, "its backward: dx, dweight, dbias (pre-activation recomputed)");
+  m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)");
+  m.def("route_gather_sum", &route_gather_sum, "sum_k g[b,k,c,index[k,i]]: adjoint of reading along K routes");
 }

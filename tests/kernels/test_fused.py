@@ -90,3 +90,23 @@ def test_split_linear_gradcheck():
     w = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     bs = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b_, c: fused.split_linear(a, b_, c, [2, 4]), (x, w, bs))
+
+
+@pytest.mark.parametrize("m,n", [(64, 2), (8, 32)])  # both GEMM orientations of the weight gradient
+def test_linear_matches_float64(m, n):
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(2, 50, n, generator=gen, dtype=torch.float64)
+    w = torch.randn(m, n, generator=gen, dtype=torch.float64)
+    bs = torch.randn(m, generator=gen, dtype=torch.float64)
+    wt = torch.randn(2, 50, m, generator=gen, dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, w, bs)]
+        out = fn(*leaves)
+        return [out.detach().double(), *torch.autograd.grad((out.double() * wt).sum(), leaves)]
+
+    ref = run(torch.nn.functional.linear, torch.float64)
+    for a, r in zip(run(fused.linear, torch.float32), ref, strict=True):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+    assert torch.autograd.gradcheck(fused.linear, [t[..., :3, :].clone().requires_grad_() if t.dim() == 3 else
+                                                   t.clone().requires_grad_() for t in (x, w, bs)])

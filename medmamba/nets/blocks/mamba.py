@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medmamba.kernels import selective_scan
-from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, split_linear
+from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, linear, split_linear
 
 
 class MambaMixer(nn.Module):
@@ -57,7 +57,7 @@ class MambaMixer(nn.Module):
         u = self.causal_conv(u)
         dbc = self.x_proj(u)  # (b, l, r + 2N)
         dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = dt @ self.dt_proj.weight.t()  # the bias goes into the scan as delta_bias
+        delta = linear(dt, self.dt_proj.weight)  # the bias goes into the scan as delta_bias
         y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()),
                            B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z.transpose(1, 2),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend)
