@@ -11,7 +11,9 @@ from rich.table import Table
 
 from .common import WorkdirOption, console, handle_errors, progress_bar
 
-EPILOG = "Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --networks nnunet,lightm_unet -o b.json"
+EPILOG = ("Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --networks nnunet,lightm_unet -o b.json"
+          "  |  medmamba benchmark 4 --networks lightm_unet,lightm_unet@MEDMAMBA_FUSED=0 --rounds 3"
+          "  |  medmamba benchmark 4 --profile lightm_unet --threads 1")
 
 
 @handle_errors
@@ -19,6 +21,8 @@ def benchmark(
     dataset: Annotated[str, typer.Argument(help="Planned dataset id or name.")],
     networks: Annotated[str | None, typer.Option(help="Comma-separated networks (default: all registered).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions (median is reported).")] = 3,
+    rounds: Annotated[int, typer.Option(help="Measure the whole list this many times round-robin and keep each "
+                                             "network's fastest round (for a shared machine).")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
     preset: Annotated[str, typer.Option(help="Preset profile whose architecture and batch limit are measured.")]
     = "cpu",
@@ -43,13 +47,13 @@ def benchmark(
     if profile is not None:
         _print_profile(folder, profile, max(1, repeats - 1), threads, preset, profile_mode, output)
         return
-    names = networks.split(",") if networks else list(NETWORKS)
+    names = networks.split(",") if networks else list(NETWORKS)  # NAME or NAME@VAR=VALUE (see parse_network_spec)
     if "nnunet" not in names:
         names.insert(0, "nnunet")
     with progress_bar() as bar:
-        task = bar.add_task("networks", total=len(names))
+        task = bar.add_task("networks", total=len(names) * max(1, rounds))
         rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task),
-                                  profile=preset)
+                                  profile=preset, rounds=rounds)
     add_ratios(rows)
     table = Table(title=f"{folder.name}: cost per network (ratios to nnunet, same run)")
     for col in ("network", "params (M)", "GFLOPs/patch", "of which scans", "forward (s)", "train iter (s)",
