@@ -27,6 +27,9 @@ def benchmark(
     preset: Annotated[str, typer.Option(help="Preset profile whose architecture and batch limit are measured.")]
     = "cpu",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows as JSON.")] = None,
+    interleave: Annotated[bool, typer.Option(
+        "--interleave", help="Times only: build all networks in one process and alternate them for --rounds "
+                             "rounds (ratios that survive a loaded machine).")] = False,
     profile: Annotated[str | None, typer.Option(
         "--profile", help="Instead of the table: torch.profiler self CPU time per op family for NETWORK.",
         metavar="NETWORK")] = None,
@@ -50,6 +53,9 @@ def benchmark(
     names = networks.split(",") if networks else list(NETWORKS)  # NAME or NAME@VAR=VALUE (see parse_network_spec)
     if "nnunet" not in names:
         names.insert(0, "nnunet")
+    if interleave:
+        _print_interleaved(folder, names, rounds, threads, preset, output)
+        return
     with progress_bar() as bar:
         task = bar.add_task("networks", total=len(names) * max(1, rounds))
         rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task),
@@ -74,6 +80,24 @@ def benchmark(
         tmp = output.with_name(f".{output.name}.partial")
         tmp.write_text(json.dumps(rows, indent=2))
         tmp.replace(output)
+
+
+def _print_interleaved(folder: Path, names: list[str], rounds: int, threads: int | None, preset: str,
+                       output: Path | None) -> None:
+    """The `--interleave` table: fastest round of each network, ratios to nnunet from the same process."""
+    from medmamba.benchmark import add_ratios, interleaved_times
+
+    rows = interleaved_times(folder, names, rounds, threads, preset)
+    add_ratios(rows)
+    table = Table(title=f"{folder.name}: fastest of {rounds} interleaved rounds, one process (ratios to nnunet)")
+    for col in ("network", "forward, batch 1 (s)", "train iter (s)"):
+        table.add_column(col, justify="left" if col == "network" else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r["network"], _cell(r, "forward_s", ".3f"), _cell(r, "train_iter_s", ".2f"))
+    console.print(table)
+    console.print(f"train iteration at batch {rows[0]['batch_size']}" if rows else "")
+    if output is not None:
+        output.write_text(json.dumps(rows, indent=2))
 
 
 def _print_profile(folder: Path, network: str, steps: int, threads: int | None, preset: str, mode: str,

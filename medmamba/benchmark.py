@@ -198,6 +198,58 @@ def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int
     return [merge_rounds(samples[spec]) for spec in networks]
 
 
+def interleaved_times(preprocessed_dir: Path, networks: list[str], rounds: int = 5, threads: int | None = None,
+                      profile: str = "cpu") -> list[dict[str, Any]]:
+    """Forward (batch 1) and training-iteration times of several networks built side by side in THIS process,
+    measured in alternation for `rounds` rounds; each network's fastest round is kept.
+
+    For a shared machine: every network (and every NAME@VAR=VALUE variant, whose overrides are set in
+    os.environ around its steps, e.g. MEDMAMBA_FUSED=0) sees the same load within a round, so the ratios
+    hold even when the seconds do not. No FLOPs or memory here: those need `benchmark_networks`' subprocesses.
+    """
+    import os
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    built: dict[str, tuple] = {}
+    for spec in networks:
+        name, _ = parse_network_spec(spec)
+        torch.manual_seed(0)
+        net, cm, n_in, n_out = _build(name, preprocessed_dir, deep_supervision=True, profile=profile)
+        built[spec] = (net, _train_step(net, torch.randn(int(cm.batch_size), n_in, *cm.patch_size), n_out),
+                       torch.randn(1, n_in, *cm.patch_size), int(cm.batch_size))
+    times: dict[str, dict[str, list[float]]] = {spec: {"forward_s": [], "train_iter_s": []} for spec in networks}
+    for r in range(max(1, rounds) + 1):  # round 0 warms up (allocations, kernel builds) and is not kept
+        for spec in networks:
+            overrides = parse_network_spec(spec)[1]
+            saved = {k: os.environ.get(k) for k in overrides}
+            os.environ.update(overrides)
+            try:
+                net, step, x1, _ = built[spec]
+                net.train()
+                t = time.perf_counter()
+                step()
+                train = time.perf_counter() - t
+                net.eval()
+                with torch.no_grad():
+                    t = time.perf_counter()
+                    net(x1)
+                    fwd = time.perf_counter() - t
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            if r > 0:
+                times[spec]["forward_s"].append(fwd)
+                times[spec]["train_iter_s"].append(train)
+    return [{"network": spec, "batch_size": built[spec][3], **{k: min(v) for k, v in times[spec].items()},
+             **{f"{k}_all": v for k, v in times[spec].items()}} for spec in networks]
+
+
 def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
     """Ratios to the baseline row measured in the same run (params, FLOPs, latency, train time, memory)."""
     base = next((r for r in rows if r["network"] == baseline and "error" not in r), None)
@@ -207,7 +259,8 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
         if "error" in r:
             continue
         for key in ("params_M", "gflops_per_patch", "forward_s", "train_iter_s", "peak_rss_MB"):
-            r[f"{key}_ratio"] = r[key] / base[key] if base[key] else float("nan")
+            if key in r and key in base:
+                r[f"{key}_ratio"] = r[key] / base[key] if base[key] else float("nan")
 
 
 #: op-name patterns -> family for the `--profile` breakdown (first match wins; matched on lower-case names)
