@@ -11,7 +11,9 @@ from rich.table import Table
 
 from .common import WorkdirOption, console, handle_errors, progress_bar
 
-EPILOG = "Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --networks nnunet,lightm_unet -o b.json"
+EPILOG = ("Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --networks nnunet,lightm_unet -o b.json"
+          "  |  medmamba benchmark 4 --networks lightm_unet,lightm_unet@MEDMAMBA_FUSED=0 --rounds 3"
+          "  |  medmamba benchmark 4 --profile lightm_unet --threads 1")
 
 
 @handle_errors
@@ -19,10 +21,20 @@ def benchmark(
     dataset: Annotated[str, typer.Argument(help="Planned dataset id or name.")],
     networks: Annotated[str | None, typer.Option(help="Comma-separated networks (default: all registered).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions (median is reported).")] = 3,
+    rounds: Annotated[int, typer.Option(help="Measure the whole list this many times round-robin and keep each "
+                                             "network's fastest round (for a shared machine).")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
     preset: Annotated[str, typer.Option(help="Preset profile whose architecture and batch limit are measured.")]
     = "cpu",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the rows as JSON.")] = None,
+    interleave: Annotated[bool, typer.Option(
+        "--interleave", help="Times only: build all networks in one process and alternate them for --rounds "
+                             "rounds (ratios that survive a loaded machine).")] = False,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="Instead of the table: torch.profiler self CPU time per op family for NETWORK.",
+        metavar="NETWORK")] = None,
+    profile_mode: Annotated[str, typer.Option(help="With --profile: 'train' (one iteration at the plan's "
+                                                   "batch) or 'forward' (batch 1, no grad).")] = "train",
     workdir: WorkdirOption = None,
 ) -> None:
     """Parameters, GFLOPs per patch (scans included), CPU latency, train-iteration time, peak memory, vs nnunet."""
@@ -35,13 +47,19 @@ def benchmark(
     folder = ws.preprocessed / dataset_name(dataset)
     if not (folder / "nnUNetPlans.json").is_file():
         raise FileNotFoundError(f"{folder / 'nnUNetPlans.json'}: missing; run `medmamba plan {dataset}` first")
-    names = networks.split(",") if networks else list(NETWORKS)
+    if profile is not None:
+        _print_profile(folder, profile, max(1, repeats - 1), threads, preset, profile_mode, output)
+        return
+    names = networks.split(",") if networks else list(NETWORKS)  # NAME or NAME@VAR=VALUE (see parse_network_spec)
     if "nnunet" not in names:
         names.insert(0, "nnunet")
+    if interleave:
+        _print_interleaved(folder, names, rounds, threads, preset, output)
+        return
     with progress_bar() as bar:
-        task = bar.add_task("networks", total=len(names))
+        task = bar.add_task("networks", total=len(names) * max(1, rounds))
         rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task),
-                                  profile=preset)
+                                  profile=preset, rounds=rounds)
     add_ratios(rows)
     table = Table(title=f"{folder.name}: cost per network (ratios to nnunet, same run)")
     for col in ("network", "params (M)", "GFLOPs/patch", "of which scans", "forward (s)", "train iter (s)",
@@ -62,6 +80,45 @@ def benchmark(
         tmp = output.with_name(f".{output.name}.partial")
         tmp.write_text(json.dumps(rows, indent=2))
         tmp.replace(output)
+
+
+def _print_interleaved(folder: Path, names: list[str], rounds: int, threads: int | None, preset: str,
+                       output: Path | None) -> None:
+    """The `--interleave` table: fastest round of each network, ratios to nnunet from the same process."""
+    from medmamba.benchmark import add_ratios, interleaved_times
+
+    rows = interleaved_times(folder, names, rounds, threads, preset)
+    add_ratios(rows)
+    table = Table(title=f"{folder.name}: fastest of {rounds} interleaved rounds, one process (ratios to nnunet)")
+    for col in ("network", "forward, batch 1 (s)", "train iter (s)"):
+        table.add_column(col, justify="left" if col == "network" else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r["network"], _cell(r, "forward_s", ".3f"), _cell(r, "train_iter_s", ".2f"))
+    console.print(table)
+    console.print(f"train iteration at batch {rows[0]['batch_size']}" if rows else "")
+    if output is not None:
+        output.write_text(json.dumps(rows, indent=2))
+
+
+def _print_profile(folder: Path, network: str, steps: int, threads: int | None, preset: str, mode: str,
+                   output: Path | None) -> None:
+    """The per-op-family table of `--profile` (and its JSON with -o)."""
+    from medmamba.benchmark import profile_network
+
+    if mode not in ("train", "forward"):
+        raise ValueError(f"--profile-mode must be 'train' or 'forward', not '{mode}'")
+    res = profile_network(folder, network, steps, threads, preset, mode)
+    what = f"one training iteration at batch {res['batch_size']}" if mode == "train" else "one forward at batch 1"
+    table = Table(title=f"{network}: self CPU time per op family, {what} (patch {res['patch_size']}, "
+                        f"{threads or 'default'} threads)")
+    for col in ("op family", "share", "ms", "calls", "largest ops (ms)"):
+        table.add_column(col, justify="left" if col in ("op family", "largest ops (ms)") else "right")
+    for r in res["families"]:
+        table.add_row(r["family"], f"{100 * r['share']:.1f}%", f"{r['self_ms']:.0f}", str(r["calls"]), r["top_ops"])
+    console.print(table)
+    console.print(f"wall {res['wall_s']:.2f} s per step (profiler on), {res['profiled_ms']:.0f} ms of self time")
+    if output is not None:
+        output.write_text(json.dumps(res, indent=2))
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:

@@ -38,8 +38,11 @@ def cache_dir() -> Path:
     return Path(base) / "medmamba" / "kernels"
 
 
-def _source() -> Path:
-    return Path(str(resources.files("medmamba.kernels") / "csrc" / "selective_scan.cpp"))
+SCAN = "selective_scan"  # csrc/selective_scan.cpp; other sources (csrc/fused_ops.cpp) load the same way
+
+
+def _source(stem: str = SCAN) -> Path:
+    return Path(str(resources.files("medmamba.kernels") / "csrc" / f"{stem}.cpp"))
 
 
 def arch_flags() -> list[str]:
@@ -65,25 +68,26 @@ MANIFEST = "manifest.json"
 _STRICT_ENV = "MEDMAMBA_REQUIRE_COMPILED_KERNEL"
 # Part of the folder tag: builds of this layout (verified .so + manifest) never share a folder with an older
 # medmamba's torch-loader builds, which rebuild in place and would replace a verified library.
-_LAYOUT = b"selective_scan-manifest-1"
+_LAYOUT = "{stem}-manifest-1"
 
 
 def _flags() -> list[str]:
     return ["-O3", "-ffast-math", "-fopenmp", *arch_flags()]
 
 
-def _identity() -> dict[str, Any]:
+def _identity(stem: str = SCAN) -> dict[str, Any]:
     """What a compiled library must have been built from: the source's SHA256, torch version and flags."""
-    src = _source().read_bytes()
+    src = _source(stem).read_bytes()
     flags = _flags()
-    tag = hashlib.sha256(_LAYOUT + src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
-    return {"name": f"medmamba_selective_scan_{tag}", "tag": tag, "source_sha256": hashlib.sha256(src).hexdigest(),
-            "torch": torch.__version__, "flags": flags}
+    layout = _LAYOUT.format(stem=stem).encode()
+    tag = hashlib.sha256(layout + src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    return {"stem": stem, "name": f"medmamba_{stem}_{tag}", "tag": tag,
+            "source_sha256": hashlib.sha256(src).hexdigest(), "torch": torch.__version__, "flags": flags}
 
 
-def kernel_dir() -> Path:
+def kernel_dir(stem: str = SCAN) -> Path:
     """The folder of this source/torch/flags combination inside cache_dir()."""
-    return cache_dir() / f"selective_scan_{_identity()['tag']}"
+    return cache_dir() / f"{stem}_{_identity(stem)['tag']}"
 
 
 def _sha256(path: Path) -> str:
@@ -123,21 +127,28 @@ def _load_prebuilt(folder: Path, ident: dict[str, Any]) -> Any:
 
 
 def build_extension(verbose: bool = False) -> Path:
-    """Compile the kernel into kernel_dir() (its parent must be writable), with its manifest, nothing else.
+    """Compile the scan kernel into kernel_dir() (its parent must be writable); returns the library's path."""
+    global _EXT, _BUILD_FAILED
+    _EXT, path = _build(SCAN, verbose)
+    _BUILD_FAILED = None
+    return path
+
+
+def _build(stem: str, verbose: bool) -> tuple[Any, Path]:
+    """Compile csrc/<stem>.cpp into kernel_dir(stem), with its manifest, nothing else.
 
     Built in a private temporary folder, then renamed into place: a reader never sees half a library, two
     processes building at once do not mix their files (the loser keeps the winner's), and only the .so and
     manifest.json remain, so an image build leaves no object files or ninja state behind.
     """
-    global _EXT, _BUILD_FAILED
     from torch.utils.cpp_extension import load
 
-    ident = _identity()
-    final = kernel_dir()
+    ident = _identity(stem)
+    final = kernel_dir(stem)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        ext = load(name=ident["name"], sources=[str(_source())], extra_cflags=ident["flags"],
+        ext = load(name=ident["name"], sources=[str(_source(stem))], extra_cflags=ident["flags"],
                    extra_ldflags=["-fopenmp"], build_directory=str(work), verbose=verbose)
         lib = work / f"{ident['name']}.so"
         manifest = {k: ident[k] for k in ("source_sha256", "torch", "flags")}
@@ -155,8 +166,7 @@ def build_extension(verbose: bool = False) -> Path:
             pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _EXT, _BUILD_FAILED = ext, None
-    return final / lib.name
+    return ext, final / lib.name
 
 
 def _writable(folder: Path) -> bool:
@@ -165,34 +175,37 @@ def _writable(folder: Path) -> bool:
 
 
 def load_extension(verbose: bool = False) -> Any:
-    """Load the prebuilt kernel (verified, nothing written), else build it; raises RuntimeError when impossible.
+    """Load the prebuilt scan kernel (verified, nothing written), else build it; raises RuntimeError when
+    impossible."""
+    global _EXT
+    if _EXT is None:
+        _EXT = _load(SCAN, verbose)
+    return _EXT
+
+
+def _load(stem: str, verbose: bool) -> Any:
+    """Load csrc/<stem>'s prebuilt library (verified, nothing written), else build it.
 
     A library that fails verification is rebuilt where the cache is writable (a user's cache), and refused
     where it is not (an image): the error then names the file and the check that failed.
     """
-    global _EXT
-    if _EXT is not None:
-        return _EXT
-    ident = _identity()
-    folder = cache_dir() / f"selective_scan_{ident['tag']}"
+    ident = _identity(stem)
+    folder = cache_dir() / f"{stem}_{ident['tag']}"
     if (folder / MANIFEST).is_file():
         try:
-            _EXT = _load_prebuilt(folder, ident)
-            return _EXT
+            return _load_prebuilt(folder, ident)
         except (RuntimeError, ImportError, OSError, ValueError, KeyError) as bad:
             if not _writable(folder.parent):
                 raise RuntimeError(str(bad)) from None
             try:
-                build_extension(verbose)
+                return _build(stem, verbose)[0]
             except Exception as exc:
                 last = (str(exc).strip().splitlines() or [""])[-1]
                 raise RuntimeError(f"{bad}; rebuilding failed too ({type(exc).__name__}: {last})") from exc
-            return _EXT
     if not _writable(folder):
         raise RuntimeError(f"no prebuilt kernel in {folder} and it cannot be built there (read-only): build it "
                            "at image build time with `python -m medmamba.kernels build`")
-    build_extension(verbose)
-    return _EXT
+    return _build(stem, verbose)[0]
 
 
 def kernel_status() -> str | None:
@@ -323,3 +336,33 @@ def scan_core_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     _, ys = run(torch.stack(starts, dim=-1), with_y=True)
     y = torch.stack(ys, dim=-1)  # (b, g, dpg, nc, T)
     return y.reshape(b, d, nc * T)[..., :length], carry.reshape(b, d, n).detach()
+
+
+# --- Further C++ sources (csrc/fused_ops.cpp, kernels/fused.py): the same verified, read-only-safe loading ---------
+_CACHED: dict[str, Any] = {}
+_CACHED_FAILED: dict[str, str] = {}
+
+
+def load_cached_extension(stem: str, verbose: bool = False) -> Any:
+    """Load (or build, where writable) csrc/<stem>.cpp exactly as the scan kernel; raises when impossible."""
+    if stem not in _CACHED:
+        _CACHED[stem] = _load(stem, verbose)
+    return _CACHED[stem]
+
+
+def try_cached_extension(stem: str) -> Any | None:
+    """`load_cached_extension`, or None after a single warning when it cannot be built or loaded (an error
+    with MEDMAMBA_REQUIRE_COMPILED_KERNEL=1, like the scan)."""
+    if stem in _CACHED_FAILED:
+        return None
+    try:
+        return load_cached_extension(stem)
+    except Exception as exc:  # no compiler, no headers, read-only cache, tampered library...
+        text = str(exc).strip()
+        _CACHED_FAILED[stem] = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+        if os.environ.get(_STRICT_ENV, "") not in ("", "0"):
+            raise RuntimeError(f"compiled CPU kernels '{stem}' unavailable ({_CACHED_FAILED[stem]}) and "
+                               f"{_STRICT_ENV} is set") from exc
+        warnings.warn(f"medmamba: compiled CPU kernels '{stem}' unavailable ({_CACHED_FAILED[stem]}); using "
+                      "PyTorch ops", RuntimeWarning, stacklevel=3)
+        return None

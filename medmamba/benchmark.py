@@ -11,6 +11,7 @@ multiplies and an add for the recurrence, a multiply-add for the readout), as ma
 from __future__ import annotations
 
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -68,6 +69,24 @@ def _build(network: str, model_source: Path, deep_supervision: bool, profile: st
     return net, cm, n_in, n_out
 
 
+def _train_step(net, xb, n_out: int):
+    """One SGD training iteration on random labels (deep-supervision outputs summed), as a closure."""
+    import torch
+
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = net(xb)
+        outs = out if isinstance(out, list | tuple) else [out]
+        loss = sum(torch.nn.functional.cross_entropy(
+            o, torch.randint(0, n_out, (o.shape[0], *o.shape[2:]))) for o in outs)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads: int | None = None,
                 profile: str = "cpu") -> dict[str, Any]:
     """Measure one network in this process (called in a fresh subprocess by `benchmark_networks`)."""
@@ -97,18 +116,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
     # one training iteration at the plan's batch size, with deep supervision as in training
     net_ds, *_ = _build(network, preprocessed_dir, deep_supervision=True, profile=profile)
     net_ds.train()
-    opt = torch.optim.SGD(net_ds.parameters(), lr=1e-3, momentum=0.9)
-    xb = torch.randn(batch, n_in, *patch)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        out = net_ds(xb)
-        outs = out if isinstance(out, list | tuple) else [out]
-        loss = sum(torch.nn.functional.cross_entropy(
-            o, torch.randint(0, n_out, (o.shape[0], *o.shape[2:]))) for o in outs)
-        loss.backward()
-        opt.step()
-
+    step = _train_step(net_ds, torch.randn(batch, n_in, *patch), n_out)
     step()  # warm-up (allocations, kernel build)
     train_times = []
     for _ in range(max(1, repeats - 1)):
@@ -129,23 +137,117 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
     }
 
 
+def parse_network_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'NAME' or 'NAME@VAR=VALUE[+VAR=VALUE]' -> (NAME, environment overrides for its subprocess).
+
+    Lets one run interleave variants of a network, e.g. `lightm_unet@MEDMAMBA_FUSED=0` next to
+    `lightm_unet`, so that before/after are measured under the same machine load.
+    """
+    name, _, env = spec.partition("@")
+    overrides = {}
+    for item in filter(None, env.split("+")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"network spec '{spec}': expected NAME@VAR=VALUE")
+        overrides[key] = value
+    return name, overrides
+
+
+def merge_rounds(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows of one network from several rounds -> one row: fastest forward and iteration, largest peak RSS.
+
+    On a shared machine other jobs only ever add time, so the minimum is the least disturbed sample;
+    every sample is kept in `*_all`.
+    """
+    ok = [r for r in samples if "error" not in r]
+    if not ok:
+        return samples[-1]
+    row = dict(ok[0])
+    for key, pick in (("forward_s", min), ("train_iter_s", min), ("peak_rss_MB", max)):
+        row[f"{key}_all"] = [r[key] for r in ok]
+        row[key] = pick(row[f"{key}_all"])
+    return row
+
+
 def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int = 3, threads: int | None = None,
-                       on_result=None, profile: str = "cpu") -> list[dict[str, Any]]:
-    """Run `measure_one` for each network in its own subprocess; errors are reported, not raised."""
-    results = []
-    for name in networks:
-        cmd = [sys.executable, "-m", "medmamba.benchmark", name, str(preprocessed_dir), str(repeats),
-               str(threads or 0), profile]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-        else:
-            tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            row = {"network": name, "error": tail}
-        results.append(row)
-        if on_result is not None:
-            on_result(row)
-    return results
+                       on_result=None, profile: str = "cpu", rounds: int = 1) -> list[dict[str, Any]]:
+    """Run `measure_one` for each network in its own subprocess; errors are reported, not raised.
+
+    With rounds > 1 the whole list is measured round-robin `rounds` times (interleaved, so that load from
+    other jobs hits all networks alike) and merged by `merge_rounds`. Network specs may carry environment
+    overrides (`parse_network_spec`); the row keeps the full spec as its name.
+    """
+    import os
+
+    samples: dict[str, list[dict[str, Any]]] = {spec: [] for spec in networks}
+    for _ in range(max(1, rounds)):
+        for spec in networks:
+            name, overrides = parse_network_spec(spec)
+            cmd = [sys.executable, "-m", "medmamba.benchmark", name, str(preprocessed_dir), str(repeats),
+                   str(threads or 0), profile]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **overrides})
+            if proc.returncode == 0:
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                row = {"network": name, "error": tail}
+            row["network"] = spec
+            samples[spec].append(row)
+            if on_result is not None:
+                on_result(row)
+    return [merge_rounds(samples[spec]) for spec in networks]
+
+
+def interleaved_times(preprocessed_dir: Path, networks: list[str], rounds: int = 5, threads: int | None = None,
+                      profile: str = "cpu") -> list[dict[str, Any]]:
+    """Forward (batch 1) and training-iteration times of several networks built side by side in THIS process,
+    measured in alternation for `rounds` rounds; each network's fastest round is kept.
+
+    For a shared machine: every network (and every NAME@VAR=VALUE variant, whose overrides are set in
+    os.environ around its steps, e.g. MEDMAMBA_FUSED=0) sees the same load within a round, so the ratios
+    hold even when the seconds do not. No FLOPs or memory here: those need `benchmark_networks`' subprocesses.
+    """
+    import os
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    built: dict[str, tuple] = {}
+    for spec in networks:
+        name, _ = parse_network_spec(spec)
+        torch.manual_seed(0)
+        net, cm, n_in, n_out = _build(name, preprocessed_dir, deep_supervision=True, profile=profile)
+        built[spec] = (net, _train_step(net, torch.randn(int(cm.batch_size), n_in, *cm.patch_size), n_out),
+                       torch.randn(1, n_in, *cm.patch_size), int(cm.batch_size))
+    times: dict[str, dict[str, list[float]]] = {spec: {"forward_s": [], "train_iter_s": []} for spec in networks}
+    for r in range(max(1, rounds) + 1):  # round 0 warms up (allocations, kernel builds) and is not kept
+        for spec in networks:
+            overrides = parse_network_spec(spec)[1]
+            saved = {k: os.environ.get(k) for k in overrides}
+            os.environ.update(overrides)
+            try:
+                net, step, x1, _ = built[spec]
+                net.train()
+                t = time.perf_counter()
+                step()
+                train = time.perf_counter() - t
+                net.eval()
+                with torch.no_grad():
+                    t = time.perf_counter()
+                    net(x1)
+                    fwd = time.perf_counter() - t
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            if r > 0:
+                times[spec]["forward_s"].append(fwd)
+                times[spec]["train_iter_s"].append(train)
+    return [{"network": spec, "batch_size": built[spec][3], **{k: min(v) for k, v in times[spec].items()},
+             **{f"{k}_all": v for k, v in times[spec].items()}} for spec in networks]
 
 
 def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
@@ -157,9 +259,148 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
         if "error" in r:
             continue
         for key in ("params_M", "gflops_per_patch", "forward_s", "train_iter_s", "peak_rss_MB"):
-            r[f"{key}_ratio"] = r[key] / base[key] if base[key] else float("nan")
+            if key in r and key in base:
+                r[f"{key}_ratio"] = r[key] / base[key] if base[key] else float("nan")
+
+
+#: op-name patterns -> family for the `--profile` breakdown (first match wins; matched on lower-case names)
+OP_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("scan fwd", r"medmamba::scan_fwd"),
+    ("scan bwd", r"medmamba::scan_bwd|_compiledscanbackward"),
+    ("causal conv1d (fused)", r"medmamba::causal_conv"),
+    ("route gather/scatter", r"medmamba::route|aten::index|aten::gather|aten::scatter|indexbackward|index_put"),
+    ("mm (linear/matmul)", r"aten::(mm|addmm|bmm|baddbmm|matmul|linear|einsum|_mkl|mkldnn_linear)"),
+    ("conv3d", r"convolution|conv3d|conv_depthwise|slow_conv|mkldnn_conv"),
+    ("mul", r"aten::mul_?$|mulbackward"),
+    ("add/sub", r"aten::(add|sub|rsub|addcmul|addcdiv)_?$|addbackward|subbackward"),
+    ("copy/layout", r"aten::(copy_|clone|contiguous|to|_to_copy|permute|transpose|reshape|_unsafe_view)$|"
+                    r"clonebackward|permutebackward|transposebackward|viewbackward|unsafeviewbackward"),
+    ("cat/slice/split", r"aten::(cat|stack|slice_backward|split|chunk|narrow|select_backward|split_with_sizes"
+                        r"|split_with_sizes_backward|constant_pad_nd|pad)$|slicebackward|splitbackward|"
+                        r"splitwithsizesbackward|catbackward|stackbackward|selectbackward|pad"),
+    ("fill/zero/empty", r"aten::(fill_|zero_|zeros|zeros_like|ones|ones_like|full|empty|empty_like|"
+                        r"empty_strided|new_zeros|new_empty)$"),
+    ("norm", r"norm"),
+    ("activation", r"silu|relu|softplus|sigmoid|gelu|threshold|tanh|logsigmoid"),
+    ("exp/log", r"aten::(exp|log|expm1|log1p)_?$|expbackward|logbackward"),
+    ("reduction", r"aten::(sum|mean|std|var|amax|amin|max|min|cumsum)$|sumbackward|meanbackward|stdbackward|"
+                  r"cumsumbackward|maxbackward|minbackward"),
+    ("pool/interpolate", r"pool|upsample|interpolate"),
+    ("loss", r"cross_entropy|log_softmax|nll_loss|softmax"),
+    ("optimizer", r"_foreach|sgd|adam"),
+)
+
+
+def op_family(name: str) -> str:
+    """The family an op (profiler event name) belongs to, or 'other'."""
+    low = name.lower()
+    for family, pattern in OP_FAMILIES:
+        if re.search(pattern, low):
+            return family
+    return "other"
+
+
+def _label_compiled_ops() -> None:
+    """Wrap the compiled extensions' entry points in record_function, so that the profiler sees them by name.
+
+    pybind11 calls are invisible to torch.profiler (their time would land in no event at all); only the
+    profile mode pays for this wrapper.
+    """
+    import torch
+
+    from medmamba.kernels import cpu
+
+    modules = []
+    if cpu.extension_available():
+        modules.append(cpu.load_extension())
+    try:
+        from medmamba.kernels import fused
+
+        if fused.fused_available():
+            modules.append(fused.load_fused())
+    except ImportError:
+        pass
+    for ext in modules:
+        for attr in dir(ext):
+            fn = getattr(ext, attr)
+            if attr.startswith("_") or not callable(fn) or getattr(fn, "_medmamba_labelled", False):
+                continue
+
+            def labelled(*args, _fn=fn, _name=f"medmamba::{attr}"):
+                with torch.profiler.record_function(_name):
+                    return _fn(*args)
+
+            labelled._medmamba_labelled = True  # type: ignore[attr-defined]
+            setattr(ext, attr, labelled)
+
+
+def profile_one(network: str, preprocessed_dir: Path, threads: int | None = None, profile: str = "cpu",
+                steps: int = 1, forward_only: bool = False) -> dict[str, Any]:
+    """Self CPU time per op family of `steps` training iterations (or forwards) at the plan's batch.
+
+    Self time (an op's time minus its children's) adds up to the profiled wall time, so the shares say
+    where the time goes; on a loaded machine read the shares, not the milliseconds.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    _label_compiled_ops()
+    net, cm, n_in, n_out = _build(network, preprocessed_dir, deep_supervision=not forward_only, profile=profile)
+    batch = 1 if forward_only else int(cm.batch_size)
+    xb = torch.randn(batch, n_in, *cm.patch_size)
+    if forward_only:
+        net.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                net(xb)
+    else:
+        net.train()
+        step = _train_step(net, xb, n_out)
+    step()  # warm-up: allocator, kernel build
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t0) / steps
+    families: dict[str, dict[str, Any]] = {}
+    for ev in prof.key_averages():
+        fam = op_family(ev.key)
+        row = families.setdefault(fam, {"self_ms": 0.0, "calls": 0, "top": {}})
+        ms = ev.self_cpu_time_total / 1000 / steps
+        row["self_ms"] += ms
+        row["calls"] += ev.count // steps
+        key = ev.key.replace("autograd::engine::evaluate_function: ", "")
+        row["top"][key] = row["top"].get(key, 0.0) + ms
+    total = sum(r["self_ms"] for r in families.values()) or 1.0
+    rows = []
+    for fam, r in sorted(families.items(), key=lambda kv: -kv[1]["self_ms"]):
+        top = sorted(r["top"].items(), key=lambda kv: -kv[1])[:3]
+        rows.append({"family": fam, "self_ms": r["self_ms"], "share": r["self_ms"] / total, "calls": r["calls"],
+                     "top_ops": ", ".join(f"{k} {v:.0f}" for k, v in top if v >= 0.5)})
+    return {"network": network, "batch_size": batch, "patch_size": list(cm.patch_size), "threads": threads,
+            "profile": profile, "mode": "forward" if forward_only else "train", "wall_s": wall,
+            "profiled_ms": total, "families": rows}
+
+
+def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, threads: int | None = None,
+                    profile: str = "cpu", mode: str = "train") -> dict[str, Any]:
+    """`profile_one` in a fresh subprocess (same isolation as `benchmark_networks`); raises on failure."""
+    cmd = [sys.executable, "-m", "medmamba.benchmark", network, str(preprocessed_dir), str(steps), str(threads or 0),
+           profile, mode]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"profiling {network} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
     name, folder, reps, thr, prof = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    print(json.dumps(measure_one(name, folder, reps, thr or None, prof)))
+    if len(sys.argv) > 6:  # profile mode: argv[6] is "train" or "forward"
+        print(json.dumps(profile_one(name, folder, thr or None, prof, reps, forward_only=sys.argv[6] == "forward")))
+    else:
+        print(json.dumps(measure_one(name, folder, reps, thr or None, prof)))

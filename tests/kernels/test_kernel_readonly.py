@@ -46,6 +46,8 @@ y = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True)
 ref = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, backend="ref")
 torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
 print("STATUS", cpu.kernel_status())
+from medmamba.kernels import fused
+print("FUSED", fused.fused_available())  # the fused ops around the scan load the same read-only way
 '''
 
 
@@ -80,9 +82,11 @@ def built_cache(tmp_path_factory) -> Path:
     if res.returncode != 0 and "compiler" in (res.stderr + res.stdout).lower():
         pytest.skip(f"no working C++ toolchain: {res.stderr.strip().splitlines()[-1:]}")
     assert res.returncode == 0, res.stderr[-3000:]
-    (folder,) = cache.iterdir()
-    kept = sorted(p.name for p in folder.iterdir())
-    assert len(kept) == 2 and "manifest.json" in kept and kept[1].endswith(".so"), f"build leftovers: {kept}"
+    folders = sorted(cache.iterdir())
+    assert [f.name.split("_")[0] for f in folders] == ["fused", "selective"], folders  # scan + fused ops
+    for folder in folders:
+        kept = sorted(p.name for p in folder.iterdir())
+        assert len(kept) == 2 and "manifest.json" in kept and kept[1].endswith(".so"), f"build leftovers: {kept}"
     return cache
 
 
@@ -93,6 +97,7 @@ def test_compiled_kernel_used_from_read_only_folder(built_cache, tmp_path):
         res = _run(USE_KERNEL, ro, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
         assert res.returncode == 0, res.stderr[-3000:]
         assert "STATUS compiled" in res.stdout  # the compiled path, no fallback (warnings are errors here)
+        assert "FUSED True" in res.stdout
         assert "WRITE REFUSED" not in res.stderr
         assert _snapshot(ro) == before
     finally:
@@ -101,7 +106,7 @@ def test_compiled_kernel_used_from_read_only_folder(built_cache, tmp_path):
 
 def _tampered_copy(built_cache: Path, dst: Path) -> Path:
     shutil.copytree(built_cache, dst)
-    (lib,) = dst.glob("*/*.so")
+    (lib,) = dst.glob("selective_scan_*/*.so")
     data = bytearray(lib.read_bytes())
     data[-1] ^= 0xFF
     lib.write_bytes(bytes(data))

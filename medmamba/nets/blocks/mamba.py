@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import selective_scan
+from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, linear, split_linear
 
 
 class MambaMixer(nn.Module):
@@ -41,26 +41,23 @@ class MambaMixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """Depthwise causal conv along tokens of (b, l, d): k shifted multiply-adds (the conv1d weights).
+        """Depthwise causal conv + SiLU along tokens of (b, l, d), without mkldnn's slow depthwise backward.
 
-        Same result as conv1d with left padding, but on the token-major layout and without mkldnn's slow
-        depthwise backward on long 1D sequences.
+        The fused C++ kernel (kernels/fused.py) unless the scan backend is the reference, which keeps the
+        whole mixer in PyTorch ops as the oracle for the compiled path.
         """
-        k = self.conv1d.kernel_size[0]
-        length = u.shape[1]
-        padded = F.pad(u, (0, 0, k - 1, 0))
         w = self.conv1d.weight[:, 0, :]  # (d, k)
-        out = self.conv1d.bias + padded[:, :length] * w[:, 0]
-        for j in range(1, k):
-            out = out + padded[:, j:j + length] * w[:, j]
-        return out
+        if self.scan_backend == "ref":
+            return causal_conv1d_ref(u, w, self.conv1d.bias, silu=True)
+        return causal_conv1d(u, w, self.conv1d.bias, silu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
-        u = F.silu(self.causal_conv(u))
+        # (b, l, d_inner) each; split_linear's backward needs no cat of the halves' gradients
+        u, z = split_linear(x, self.in_proj.weight, None, [self.d_inner, self.d_inner])
+        u = self.causal_conv(u)
         dbc = self.x_proj(u)  # (b, l, r + 2N)
         dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = dt @ self.dt_proj.weight.t()  # the bias goes into the scan as delta_bias
+        delta = linear(dt, self.dt_proj.weight)  # the bias goes into the scan as delta_bias
         y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()),
                            B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z.transpose(1, 2),
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend)

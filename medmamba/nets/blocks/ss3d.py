@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import build_routes, cross_scan, cross_unscan, selective_scan
+from medmamba.kernels.fused import fused_enabled
+from medmamba.kernels.route_ops import inverse_routes, route_scan, route_unscan
 
 DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
 
@@ -36,25 +38,37 @@ class RouteScan(nn.Module):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(K * c, 1))
         self.D = nn.Parameter(torch.ones(K * c))
-        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def route_table(self, shape: tuple[int, int, int]) -> torch.Tensor:
         if shape not in self._cache:  # index tables depend only on the grid: build once per stage shape
             self._cache[shape] = build_routes(shape, self.routes)
         return self._cache[shape]
 
+    def inverse_table(self, shape: tuple[int, int, int], routes: torch.Tensor) -> torch.Tensor:
+        key = ("inverse", *shape)
+        if key not in self._cache:
+            self._cache[key] = inverse_routes(routes)
+        return self._cache[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         K = len(self.routes)
         routes = self.route_table(tuple(x.shape[2:]))
-        seq = cross_scan(x, routes).view(b, K, c, -1)  # (b, K, c, l)
+        fused = fused_enabled()
+        if fused:  # gathers both ways, no zero-filled scatter per route in the backward (kernels/route_ops.py)
+            routes = routes.to(x.device)
+            inverse = self.inverse_table(tuple(x.shape[2:]), routes)
+            seq = route_scan(x, routes, inverse).view(b, K, c, -1)
+        else:
+            seq = cross_scan(x, routes).view(b, K, c, -1)  # (b, K, c, l)
         proj = torch.einsum("bkcl,krc->bkrl", seq, self.x_proj)
         dt, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=2)
         delta = torch.einsum("bkrl,kcr->bkcl", dt, self.dt_proj).reshape(b, K * c, -1)
         y = selective_scan(seq.reshape(b, K * c, -1), delta, -torch.exp(self.A_log.float()), B.contiguous(),
                            C.contiguous(), D=self.D.float(), delta_bias=self.dt_bias.reshape(-1).float(),
                            delta_softplus=True, backend=self.scan_backend)
-        return cross_unscan(y, routes)
+        return route_unscan(y, routes, inverse) if fused else cross_unscan(y, routes)
 
 
 class SS3D(nn.Module):

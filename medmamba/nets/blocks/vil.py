@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import mlstm_chunkwise
+from medmamba.kernels.fused import causal_conv1d, split_linear
 
 
 class HeadwiseLinear(nn.Module):
@@ -29,17 +30,6 @@ class HeadwiseLinear(nn.Module):
         shape = x.shape
         y = torch.einsum("...hi,hoi->...ho", x.reshape(*shape[:-1], -1, self.block), self.weight).reshape(shape)
         return y + self.bias if self.bias is not None else y
-
-
-def causal_depthwise_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Causal depthwise conv over tokens of (b, l, d) with a (d, k) kernel, as shifted multiply-adds."""
-    k = weight.shape[1]
-    length = u.shape[1]
-    padded = F.pad(u, (0, 0, k - 1, 0))
-    out = padded[:, :length] * weight[:, 0]
-    for j in range(1, k):
-        out = out + padded[:, j:j + length] * weight[:, j]
-    return out + bias if bias is not None else out
 
 
 class ViLBlock(nn.Module):
@@ -70,8 +60,10 @@ class ViLBlock(nn.Module):
 
     def mix(self, t: torch.Tensor) -> torch.Tensor:
         b, length, _ = t.shape
-        x, z = self.proj_up(t).chunk(2, dim=-1)
-        xc = F.silu(causal_depthwise_conv(x, self.conv_weight, self.conv_bias))
+        inner = self.skip.shape[0]
+        # split_linear/causal_conv1d: no cat of the halves' gradients, conv + SiLU in one fused pass (fp32 CPU)
+        x, z = split_linear(t, self.proj_up.weight, self.proj_up.bias, [inner, inner])
+        xc = causal_conv1d(x, self.conv_weight, self.conv_bias, silu=True)
         q, k, v = self.q_proj(xc), self.k_proj(xc), self.v_proj(x)
         gates_in = torch.cat([q, k, v], dim=-1)
         i_gate, f_gate = self.igate(gates_in), self.fgate(gates_in)  # (b, l, heads)

@@ -1,0 +1,174 @@
+"""Fused CPU kernels around the scan: causal depthwise conv1d + SiLU, and a projection split without a cat.
+
+Why: in a Mamba mixer on a CPU the scan is near its floor; the time goes to memory traffic around it. The
+causal conv as PyTorch ops (pad, k shifted multiply-adds, SiLU) writes ~k+2 full-size temporaries forward
+and ~3k backward; `in_proj(x).chunk(2)` makes autograd cat the two halves' gradients into a zero-filled
+buffer before one GEMM. Here the conv is one C++/OpenMP pass each way (csrc/fused_ops.cpp, built and
+cached next to the scan kernel, keyed by source hash), and the split projection's backward runs one GEMM
+per half, writing straight into the halves of a single weight gradient.
+
+The mathematics is unchanged (same parameters, same state_dict keys); `MEDMAMBA_FUSED=0` turns both off
+(the PyTorch formulation runs), which is how before/after are measured in one run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .cpu import load_cached_extension, try_cached_extension
+
+_STEM = "fused_ops"  # csrc/fused_ops.cpp
+
+
+def load_fused(verbose: bool = False) -> Any:
+    """Build (first time) or load the fused-ops library, cached like the scan kernel; raises when impossible."""
+    return load_cached_extension(_STEM, verbose)
+
+
+def fused_enabled() -> bool:
+    """False when MEDMAMBA_FUSED=0 (measure the PyTorch formulation in the same environment)."""
+    return os.environ.get("MEDMAMBA_FUSED", "1") != "0"
+
+
+def fused_available() -> bool:
+    """True when the fused library is (or can be) loaded; a failure warns once and is remembered."""
+    return try_cached_extension(_STEM) is not None
+
+
+_NO_BIAS = torch.empty(0)
+
+
+class _CausalConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        ext = load_fused()
+        b = bias if bias is not None else _NO_BIAS
+        ctx.save_for_backward(x, weight, b)
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        return ext.causal_conv_fwd(x, weight, b, silu)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, b = ctx.saved_tensors
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dx, dw, db = load_fused().causal_conv_bwd(x, weight, b, dout, ctx.silu)
+        return dx, dw, db if ctx.has_bias else None, None
+
+
+def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      silu: bool = True) -> torch.Tensor:
+    """PyTorch formulation (any dtype/device): left-padded shifted multiply-adds over tokens of (b, l, d)."""
+    k = weight.shape[1]
+    length = x.shape[1]
+    padded = F.pad(x, (0, 0, k - 1, 0))
+    out = padded[:, :length] * weight[:, 0]
+    for j in range(1, k):
+        out = out + padded[:, j:j + length] * weight[:, j]
+    if bias is not None:
+        out = out + bias
+    return F.silu(out) if silu else out
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  silu: bool = True) -> torch.Tensor:
+    """Depthwise causal conv over the tokens of (b, l, d) with a (d, k) kernel, then SiLU if asked.
+
+    The compiled kernel for fp32 CPU tensors with contiguous channels (x may be a strided view); the
+    PyTorch formulation otherwise (GPU, float64, autocast, no compiler, MEDMAMBA_FUSED=0).
+    """
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and (x.stride(-1) == 1 or x.shape[-1] == 1) and not torch.is_autocast_enabled("cpu")
+            and fused_enabled() and fused_available()):
+        return _CausalConv.apply(x, weight.contiguous(), None if bias is None else bias.contiguous(), silu)
+    return causal_conv1d_ref(x, weight, bias, silu)
+
+
+def weight_grad(g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """g2^T @ x2 (an (m, n) weight gradient reduced over many tokens), in the faster GEMM orientation.
+
+    With m >> n (e.g. dt_proj: 64 x 2 over 179,200 tokens) MKL's g^T @ x took 166 ms where (x^T @ g)^T took
+    12 ms (1 thread): the product is cheapest with the smaller side as its rows.
+    """
+    if x2.shape[1] < g2.shape[1]:
+        return torch.mm(x2.t(), g2).t()
+    return torch.mm(g2.t(), x2)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        dx = (g2 @ weight).view(x.shape) if ctx.needs_input_grad[0] else None
+        dw = weight_grad(g2, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` whose weight gradient takes the faster GEMM orientation (see `weight_grad`); CPU only."""
+    if fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+        return _Linear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class _SplitLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, sizes):
+        y = F.linear(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        ctx.sizes, ctx.has_bias = sizes, bias is not None
+        return tuple(y.split(sizes, dim=-1))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        x2 = x.reshape(-1, x.shape[-1])
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = None
+        dw = torch.empty_like(weight) if need_w else None
+        db = torch.empty(weight.shape[0], dtype=weight.dtype, device=weight.device) if need_b else None
+        start = 0
+        for size, g in zip(ctx.sizes, grads, strict=True):
+            rows = slice(start, start + size)
+            start += size
+            if g is None:  # an unused half: its slice of the weight gradient is zero
+                for t in (dw, db):
+                    if t is not None:
+                        t[rows].zero_()
+                continue
+            g2 = g.reshape(-1, size)
+            if need_x:
+                dx = g2 @ weight[rows] if dx is None else dx.addmm_(g2, weight[rows])
+            if need_w:
+                dw[rows] = weight_grad(g2, x2)
+            if need_b:
+                torch.sum(g2, dim=0, out=db[rows])
+        if dx is not None:
+            dx = dx.view(x.shape)
+        elif need_x:
+            dx = torch.zeros_like(x)
+        return dx, dw, db, None
+
+
+def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """`F.linear(x, weight, bias).split(sizes, -1)` whose backward needs no cat of the parts' gradients.
+
+    Forward: one GEMM (the parts are views of its output, as with `.chunk`). Backward: per part one GEMM
+    for dx (accumulated with addmm) and one for its rows of dweight, written in place.
+    """
+    if fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+        return _SplitLinear.apply(x, weight, bias, list(sizes))
+    return tuple(F.linear(x, weight, bias).split(list(sizes), dim=-1))
