@@ -47,13 +47,23 @@ def train(
     continue_training: Annotated[bool, typer.Option("--continue", help="Resume from the latest checkpoint.")] = False,
     validate: Annotated[bool, typer.Option(help="Predict the fold's validation cases at the end.")] = True,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine (DDP: one per GPU, or gloo on CPU); the "
+                                       "global batch is split between them. Multi-node: run under torchrun.")] = 1,
     workdir: WorkdirOption = None,
 ) -> None:
     """Train a network with nnU-Net's training loop; writes the usual nnU-Net results folder."""
-    from medmamba.train import train_model
+    from medmamba.train import epoch_line, train_model
     from medmamba.workspace import open_workspace
 
     ws = open_workspace(workdir)
+    if nproc != 1:
+        from medmamba.distributed import launch_training
+
+        result = launch_training(nproc, ws.root, dataset=dataset, network=network, fold=fold, preset=preset,
+                                 epochs=epochs, iterations=iterations, device=device,
+                                 continue_training=continue_training, validate=validate, verbose=verbose)
+        _print_train_result(result)
+        return
     with progress_bar() as bar:
         state: dict[str, Any] = {}
 
@@ -68,14 +78,16 @@ def train(
 
         def on_epoch(info: dict[str, Any]) -> None:
             state["last"] = info
-            console.print(f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}  val loss "
-                          f"{info['val_loss']:.4f}  pseudo-Dice {', '.join(f'{d:.3f}' for d in info['pseudo_dice'])}",
-                          highlight=False)
+            console.print(epoch_line(info), highlight=False)
             bar.reset(state["task"], description=_epoch_label(info["epoch"] + 1, state["epochs"], info))
 
         result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,
                              validate, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
                              verbose=verbose)
+    _print_train_result(result)
+
+
+def _print_train_result(result: Any) -> None:
     console.print(f"model folder: {result.model_dir}")
     if result.validation is not None:
         console.print(f"validation foreground mean Dice: {result.validation['foreground_mean']['Dice']:.4f}")
