@@ -131,33 +131,51 @@ def launch_training(nproc: int, workdir: os.PathLike | str, show_epochs: bool = 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"medmamba-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn",
                           monitor_interval=0.5)
-    _check_planned(Path(workdir), train_kwargs.get("dataset"))
+    _check_plan_fits(Path(workdir), nproc, train_kwargs)
     kwargs = {"workdir": str(workdir), **train_kwargs}
-    elastic_log = logging.getLogger("torch.distributed.elastic")
-    level = elastic_log.level
-    elastic_log.setLevel(logging.CRITICAL)  # a failing rank is reported below in one line, not as log tracebacks
+    # a failing rank is reported below in one line, not as the launchers' log tracebacks
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
     try:
         results = elastic_launch(config, _train_worker)(kwargs, nproc, show_epochs)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         raise MedmambaError(f"training failed on rank {rank}: {_failure_message(failure)}") from None
     finally:
-        elastic_log.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
     return results[0]
 
 
-def _check_planned(workdir: Path, dataset: Any) -> None:
+def _check_plan_fits(workdir: Path, nproc: int, train_kwargs: dict[str, Any]) -> None:
     """Fail in the launcher, in one line, before N processes start and each report the same problem."""
-    from medmamba.plan import PLANS_NAME, dataset_name
+    import json
+
+    from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
+    from medmamba.presets import load_preset
+    from medmamba.registry import get_network
+    from medmamba.train import resolve_device
     from medmamba.workspace import Workspace
 
-    if dataset is None:
+    if train_kwargs.get("dataset") is None:
         raise MedmambaError("launch_training needs dataset=...")
     ws = Workspace(workdir).activate()
-    name = dataset_name(dataset)
+    name = dataset_name(train_kwargs["dataset"])
     plans = ws.preprocessed / name / f"{PLANS_NAME}.json"
     if not plans.is_file():
         raise MedmambaError(f"{plans}: missing; run `medmamba plan {name}` first")
+    preset = train_kwargs.get("preset", "auto")
+    if not isinstance(preset, dict):
+        if preset == "auto":
+            preset = "cpu" if resolve_device(train_kwargs.get("device", "auto")).type == "cpu" else "default"
+        preset = load_preset(get_network(train_kwargs.get("network", "nnunet")).preset, preset)
+    batch = int(json.loads(plans.read_text())["configurations"][CONFIGURATION]["batch_size"])
+    batch = min(batch, int(preset.get("limits", {}).get("max_batch_size", batch)))
+    if nproc > batch:
+        raise MedmambaError(f"--nproc {nproc}: the global batch size is {batch} ({preset['profile']} preset); it is "
+                            f"split over the processes, so use at most {batch}")
 
 
 def _failure_message(failure: Any) -> str:

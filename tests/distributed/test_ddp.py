@@ -222,4 +222,4 @@ def test_cli_nproc_trains_and_continues(tiny_workspace, tmp_path):
                           "--epochs", "1", "--no-validate", "--workdir", str(ws.root)], capture_output=True, text=True,
                          env=env, timeout=900)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert "batch size" in bad.stderr
+    assert "--nproc 3: the global batch size is 2" in bad.stderr
