@@ -88,6 +88,10 @@ def train(
 
 
 def _print_train_result(result: Any) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 speaks
+        return
     console.print(f"model folder: {result.model_dir}")
     if result.validation is not None:
         console.print(f"validation foreground mean Dice: {result.validation['foreground_mean']['Dice']:.4f}")
