@@ -223,3 +223,17 @@ def test_cli_nproc_trains_and_continues(tiny_workspace, tmp_path):
                          env=env, timeout=900)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "--nproc 3: the global batch size is 2" in bad.stderr
+
+
+@pytest.mark.parametrize("network", ["lightm_unet", "mhs_vm", "uxlstm_enc", "lightm_unet_nossm", "uxlstm_enc_nossm"])
+def test_every_other_network_trains_under_ddp(network, tiny_workspace, tmp_path):
+    """Two DDP steps on 2 CPU processes: no unused-parameter error, no broken gradient hook, rank 0 saves."""
+    from medmamba.distributed import launch_training
+    from medmamba.registry import NETWORKS
+
+    covered = {"nnunet", "uxlstm_bot", "vm_unet"} | {network}
+    assert set(NETWORKS) <= covered | {"lightm_unet", "mhs_vm", "uxlstm_enc", "lightm_unet_nossm", "uxlstm_enc_nossm"}
+    ws = _workspace_sharing_data(tiny_workspace, tmp_path / "ws")
+    result = launch_training(2, ws.root, show_epochs=False, dataset="Tiny", network=network, fold=FOLD, preset="cpu",
+                             epochs=1, iterations=2, validate=False, seed=0)
+    assert (result.fold_dir / "checkpoint_final.pth").is_file()
