@@ -14,10 +14,12 @@ app = typer.Typer(help="Create the built-in phantom dataset or convert public da
 
 
 @app.command("synth", epilog="Examples:  medmamba dataset synth Phantoms --cases 24 --test-cases 6  |  "
-             "medmamba dataset synth Thick --cases 10 --anisotropic --seed 3")
+             "medmamba dataset synth Thick --cases 10 --anisotropic --seed 3  |  "
+             "medmamba dataset synth Dataset501_Liver")
 @handle_errors
 def synth(
-    name: Annotated[str, typer.Argument(help="Dataset name (letters, digits, '-').")] = "Phantoms",
+    name: Annotated[str, typer.Argument(help="Dataset name (letters, digits, '_', '-'), or nnU-Net's "
+                                        "DatasetXXX_Name (the id is taken from it).")] = "Phantoms",
     cases: Annotated[int, typer.Option("--cases", "-n", help="Training cases.")] = 24,
     test_cases: Annotated[int, typer.Option(help="Held-out cases written to imagesTs/labelsTs.")] = 0,
     size: Annotated[int, typer.Option(help="Edge length in voxels.")] = 48,

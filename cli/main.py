@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Annotated
 
 import typer
 
-from . import dataset, pipeline
+from . import benchmark, bundle, compare, dataset, pipeline, report
 from .common import WorkdirOption, console, handle_errors
 
 app = typer.Typer(
@@ -27,16 +26,11 @@ app.command("predict", epilog="Example:  medmamba predict -i scans/ -o labels/ -
 app.command("evaluate", epilog="Example:  medmamba evaluate refs/ labels/ -o labels/summary.json")(pipeline.evaluate)
 app.command("networks", epilog="Example:  medmamba networks")(pipeline.networks)
 
-# commands contributed by optional modules (each exposes one function named like the command)
-for _module, _command in (("report", "report"), ("bundle", "export"), ("benchmark", "benchmark"),
-                          ("compare", "compare")):
-    try:
-        _mod = importlib.import_module(f"medmamba.cli.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"medmamba.cli.{_module}":
-            raise
-        continue
-    app.command(_command, epilog=getattr(_mod, "EPILOG", None))(getattr(_mod, _command))
+app.command("report", epilog=report.EPILOG)(report.report)
+app.command("export", epilog=bundle.EPILOG)(bundle.export)
+app.command("benchmark", epilog=benchmark.EPILOG)(benchmark.benchmark)
+app.command("compare", epilog=compare.EPILOG)(compare.compare)
+app.command("compare-table", epilog=compare.TABLE_EPILOG)(compare.compare_table)
 
 
 @app.command("demo", epilog="Examples:  medmamba demo  |  medmamba demo --network lightm_unet --workdir /tmp/mm")
@@ -61,16 +55,14 @@ def demo(
                   workdir=ws.root)
     pipeline.plan(name, processes=1, verify=True, gpu_memory_gb=None, verbose=False, workdir=ws.root)
     pipeline.train(name, network=network, fold="all", preset="auto", epochs=epochs, iterations=iterations,
-                   device=device, continue_training=False, validate=False, verbose=False, workdir=ws.root)
+                   device=device, continue_training=False, validate=False, seed=None, verbose=False, workdir=ws.root)
     from medmamba.plan import dataset_name
+    from medmamba.train import model_dir, resolve_device, resolve_profile
 
     raw = ws.raw / dataset_name(name)
-    from medmamba.registry import get_network
-
-    trainer_prefix = get_network(network).trainer.rpartition(".")[2]
-    model_dir = next(p for p in ws.results.joinpath(raw.name).glob(f"{trainer_prefix}*__nnUNetPlans__3d_fullres"))
+    folder = model_dir(ws, name, network, resolve_profile("auto", resolve_device(device)))
     pred = ws.root / "demo_predictions" / network
-    pipeline.predict(raw / "imagesTs", pred, model_dir, folds=None, tta=None, device=device, step_size=0.5)
+    pipeline.predict(raw / "imagesTs", pred, folder, folds=None, tta=None, device=device, step_size=0.5)
     pipeline.evaluate(raw / "labelsTs", pred, pred / "summary.json", labels=None)
     console.print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
 

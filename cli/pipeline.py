@@ -46,6 +46,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     continue_training: Annotated[bool, typer.Option("--continue", help="Resume from the latest checkpoint.")] = False,
     validate: Annotated[bool, typer.Option(help="Predict the fold's validation cases at the end.")] = True,
+    seed: Annotated[int | None, typer.Option(help="Seed every RNG: the same command repeats its loss curve on a "
+                                             "CPU; the run gets its own results folder (..._seed<N>).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
     nproc: Annotated[int, typer.Option(help="Processes on this machine (DDP: one per GPU, or gloo on CPU); the "
                                        "global batch is split between them. Multi-node: run under torchrun.")] = 1,
@@ -61,7 +63,8 @@ def train(
 
         result = launch_training(nproc, ws.root, dataset=dataset, network=network, fold=fold, preset=preset,
                                  epochs=epochs, iterations=iterations, device=device,
-                                 continue_training=continue_training, validate=validate, verbose=verbose)
+                                 continue_training=continue_training, validate=validate, seed=seed,
+                                 verbose=verbose)
         _print_train_result(result)
         return
     with progress_bar() as bar:
@@ -82,7 +85,7 @@ def train(
             bar.reset(state["task"], description=_epoch_label(info["epoch"] + 1, state["epochs"], info))
 
         result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,
-                             validate, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
+                             validate, seed=seed, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
                              verbose=verbose)
     _print_train_result(result)
 
@@ -95,6 +98,8 @@ def _print_train_result(result: Any) -> None:
     console.print(f"model folder: {result.model_dir}")
     if result.validation is not None:
         console.print(f"validation foreground mean Dice: {result.validation['foreground_mean']['Dice']:.4f}")
+    for warning in result.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _epoch_label(epoch: int, total: int, last: dict[str, Any] | None, loss: float | None = None) -> str:

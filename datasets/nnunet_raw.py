@@ -23,9 +23,17 @@ def existing_ids(raw_dir: Path) -> dict[int, str]:
 
 def choose_dataset_folder(raw_dir: Path, name: str, dataset_id: int | None, start: int = 500,
                           overwrite: bool = False) -> Path:
-    """DatasetXXX_NAME for a given or the next free id; refuses to reuse an id for another name."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name):
-        raise ValueError(f"dataset name '{name}': use letters, digits and '-' only")
+    """DatasetXXX_NAME for a given or the next free id; refuses to reuse an id for another name.
+
+    `name` may be nnU-Net's full folder name (`Dataset501_Liver`): the id is then taken from it.
+    """
+    full = _DATASET_RE.match(name)
+    if full:
+        if dataset_id is not None and dataset_id != int(full.group(1)):
+            raise ValueError(f"dataset name '{name}' says id {int(full.group(1))} but --id {dataset_id} was given")
+        dataset_id, name = int(full.group(1)), full.group(2)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ValueError(f"dataset name '{name}': use letters, digits, '_' and '-' only (or DatasetXXX_Name)")
     used = existing_ids(raw_dir)
     for i, folder in used.items():
         if folder.split("_", 1)[1] == name and (dataset_id is None or dataset_id == i):

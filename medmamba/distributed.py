@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -83,13 +81,6 @@ def process_group(device: torch.device, timeout_minutes: float = 60.0) -> Iterat
         yield where
     finally:
         dist.destroy_process_group()
-
-
-def seed_everything(seed: int) -> None:
-    """random, numpy and torch seeds: nnU-Net's sampling and augmentation draw from all three."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _cpu_threads_per_process(nproc: int) -> None:
@@ -155,8 +146,7 @@ def _check_plan_fits(workdir: Path, nproc: int, train_kwargs: dict[str, Any]) ->
 
     from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
     from medmamba.presets import load_preset
-    from medmamba.registry import get_network
-    from medmamba.train import resolve_device
+    from medmamba.train import resolve_device, resolve_profile
     from medmamba.workspace import Workspace
 
     if train_kwargs.get("dataset") is None:
@@ -168,9 +158,8 @@ def _check_plan_fits(workdir: Path, nproc: int, train_kwargs: dict[str, Any]) ->
         raise MedmambaError(f"{plans}: missing; run `medmamba plan {name}` first")
     preset = train_kwargs.get("preset", "auto")
     if not isinstance(preset, dict):
-        if preset == "auto":
-            preset = "cpu" if resolve_device(train_kwargs.get("device", "auto")).type == "cpu" else "default"
-        preset = load_preset(get_network(train_kwargs.get("network", "nnunet")).preset, preset)
+        profile = resolve_profile(preset, resolve_device(train_kwargs.get("device", "auto")))
+        preset = load_preset(train_kwargs.get("network", "nnunet"), profile)
     batch = int(json.loads(plans.read_text())["configurations"][CONFIGURATION]["batch_size"])
     batch = min(batch, int(preset.get("limits", {}).get("max_batch_size", batch)))
     if nproc > batch:

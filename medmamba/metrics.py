@@ -7,7 +7,7 @@ averaging), so every distance here comes from MONAI's public functions and nothi
 its binary erosion and distances with scipy's Euclidean distance transform; HD95 is the larger of the two
 directed 95th percentiles (torch.quantile, linear interpolation); ASSD is the mean of all distances of
 both directions pooled. Overlap, volumes and connected components use numpy and scipy.ndimage.label.
-tests/report/test_metrics.py pins these definitions to hand-computed fixtures.
+tests/report/test_report_metrics.py pins these definitions to hand-computed fixtures.
 
 Empty masks (no voxel of the label in reference and/or prediction) follow a stated, configurable policy
 (see ``EMPTY_POLICIES``); the flags ``empty_ref``/``empty_pred`` are always reported so a NaN is explicable.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-# Name every implementation, so reports can print it (deployment.md: pin one and say which).
+# Name every implementation, so reports can print it (a hospital report must say which definition it used).
 IMPLEMENTATION = {
     "Dice, IoU, TP/FP/FN/TN, volumes": "numpy voxel counts (volume = voxels x spacing product)",
     "HD95": "monai.metrics.compute_hausdorff_distance(percentile=95, spacing)",

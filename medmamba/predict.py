@@ -169,6 +169,9 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     """
     import SimpleITK as sitk
 
+    from medmamba.workspace import apply_env_defaults
+
+    apply_env_defaults()  # nnU-Net's CPU-friendly process counts, unless the user set them
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are multi-line C++ noise; we check ourselves
     if fast:
         tta, step_size = False, max(step_size, FAST_STEP)

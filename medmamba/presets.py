@@ -28,19 +28,47 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Keys a preset file may hold, at the top and inside a profile; anything else is a typo and an error.
+FILE_KEYS = {"notes", "architecture", "training", "profiles"}
+PROFILE_KEYS = {"architecture", "training", "limits"}
+LIMIT_KEYS = {"max_batch_size", "max_patch_size"}
+
+
+class PresetError(ValueError):
+    """A preset file that does not say what its author meant (unknown key, missing profile)."""
+
+
 def available_presets() -> list[str]:
     """Names of the preset files shipped in medmamba.plans."""
     return sorted(p.name[:-5] for p in resources.files("medmamba.plans").iterdir() if p.name.endswith(".json"))
 
 
-def load_preset(name: str, profile: str = "default") -> dict[str, Any]:
-    """Return {'architecture', 'training', 'limits', 'profile', 'name'} with the profile applied."""
-    path = resources.files("medmamba.plans") / f"{name}.json"
+def _unknown(keys: Any, allowed: set[str], where: str, file: str) -> None:
+    extra = sorted(set(keys) - allowed)
+    if extra:
+        raise PresetError(f"plans/{file}: unknown key '{extra[0]}' in {where} (allowed: {', '.join(sorted(allowed))})")
+
+
+def load_preset(network: str, profile: str = "default") -> dict[str, Any]:
+    """The resolved preset of a registered network: {'name', 'file', 'profile', 'architecture', 'training',
+    'limits'}, with the profile applied and the variant's pinned architecture values written in.
+
+    Every key is checked here (architecture keys against the network's constructor when it is built), so a
+    misspelled key fails with the file and key named instead of being silently ignored.
+    """
+    from medmamba.registry import get_network
+
+    spec = get_network(network)
+    file = f"{spec.preset}.json"
+    path = resources.files("medmamba.plans") / file
     if not path.is_file():
-        raise FileNotFoundError(f"no preset '{name}' (have: {', '.join(available_presets())})")
+        raise FileNotFoundError(f"plans/{file}: missing (have: {', '.join(available_presets())})")
     raw = json.loads(path.read_text())
+    _unknown(raw, FILE_KEYS, "the file", file)
+    _unknown(raw.get("training", {}), set(TRAINING_DEFAULTS), "training", file)
     resolved = {
-        "name": name,
+        "name": network,
+        "file": file,
         "profile": profile,
         "architecture": copy.deepcopy(raw.get("architecture", {})),
         "training": {**TRAINING_DEFAULTS, **raw.get("training", {})},
@@ -49,9 +77,14 @@ def load_preset(name: str, profile: str = "default") -> dict[str, Any]:
     if profile != "default":
         profiles = raw.get("profiles", {})
         if profile not in profiles:
-            raise KeyError(f"preset '{name}' has no profile '{profile}' (have: default, {', '.join(profiles)})")
+            raise PresetError(f"plans/{file}: no profile '{profile}' (have: default, {', '.join(profiles)})")
         override = profiles[profile]
+        where = f"profile '{profile}'"
+        _unknown(override, PROFILE_KEYS, where, file)
+        _unknown(override.get("training", {}), set(TRAINING_DEFAULTS), f"{where} training", file)
+        _unknown(override.get("limits", {}), LIMIT_KEYS, f"{where} limits", file)
         resolved["architecture"].update(override.get("architecture", {}))
         resolved["training"].update(override.get("training", {}))
         resolved["limits"] = dict(override.get("limits", {}))
+    resolved["architecture"].update(spec.pinned)
     return resolved

@@ -1,62 +1,78 @@
-"""The one table that maps a network name to its network class, trainer class and preset.
+"""The one table of networks: name -> network class, trainer name, preset file, plan adapter.
 
-Entries hold dotted import paths so that `medmamba --help` and the registry itself stay cheap to
-import (no torch, no nnU-Net); classes are resolved on first use.
+Like timm's registry, a variant (an ablation, xLSTM-UNet Bot next to Enc) is a base entry plus the few
+architecture values that make it that variant (`pinned`); it has no preset file or trainer class of its
+own. Entries hold dotted import paths, so importing the registry (and `medmamba --help`) needs no torch.
+Trainer classes are made from these entries by `medmamba.trainers.base.make_trainer`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+PLAN_ADAPTERS = ("nnunet", "stages", "unet")
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """One registered network: what to build, how to train it, which preset file configures it."""
+    """One registered network.
+
+    `adapter` says which part of nnU-Net's plan the network follows: `nnunet` (nnU-Net builds its own
+    planned architecture), `stages` (per-stage strides and widths), `unet` (strides, kernel sizes, widths,
+    patch size and the plan's residual blocks per stage). `trainer` names the trainer class and so nnU-Net's
+    results folder; it is kept stable because existing model folders are named after it.
+    """
 
     name: str
-    network: str | None  # dotted path of the nn.Module class; None = nnU-Net's planned architecture
-    trainer: str  # dotted path of the MedmambaTrainer subclass
-    preset: str  # stem of plans/<preset>.json
     description: str
+    network: str | None  # dotted path of the nn.Module class; None = nnU-Net's planned PlainConvUNet
+    trainer: str
+    preset: str  # stem of plans/<preset>.json
+    adapter: str = "stages"
+    pinned: Mapping[str, Any] = field(default_factory=dict)  # architecture values this variant fixes
 
     def network_class(self) -> type | None:
         """Import and return the network class (None for nnU-Net's own architecture)."""
-        return _resolve(self.network) if self.network else None
+        if self.network is None:
+            return None
+        module, _, attr = self.network.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
 
-    def trainer_class(self) -> type:
-        """Import and return the trainer class."""
-        return _resolve(self.trainer)
+    def variant(self, name: str, description: str, trainer: str, **pinned: Any) -> NetworkSpec:
+        """A variant of this entry: same class, preset and adapter, with architecture values pinned."""
+        return dataclasses.replace(self, name=name, description=description, trainer=trainer,
+                                   pinned={**self.pinned, **pinned})
 
 
-def _resolve(path: str) -> Any:
-    module, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
+_LIGHTM = NetworkSpec("lightm_unet", "LightM-UNet 3D: residual Vision Mamba encoder, light conv decoder",
+                      "medmamba.nets.lightm_unet.LightMUNet", "LightMUNetTrainer", "lightm_unet")
+_VM = NetworkSpec("vm_unet", "VM-UNet 3D: VSS blocks with a 6-route SS3D scan", "medmamba.nets.vm_unet.VMUNet",
+                  "VMUNetTrainer", "vm_unet")
+_UXLSTM = NetworkSpec("uxlstm_enc", "xLSTM-UNet Enc: residual U-Net with ViL layers in the deeper encoder stages",
+                      "medmamba.nets.uxlstm.UXLSTM", "UXLSTMEncTrainer", "uxlstm", "unet",
+                      {"variant": "enc", "vil": True})
 
 NETWORKS: dict[str, NetworkSpec] = {
     spec.name: spec
     for spec in [
-        NetworkSpec("nnunet", None, "medmamba.trainers.base.MedmambaTrainer", "nnunet",
-                    "nnU-Net's own PlainConvUNet as planned (the baseline)"),
-        NetworkSpec("lightm_unet", "medmamba.nets.lightm_unet.LightMUNet",
-                    "medmamba.trainers.lightm_unet.LightMUNetTrainer", "lightm_unet",
-                    "LightM-UNet 3D: residual Vision Mamba encoder, light conv decoder"),
-        NetworkSpec("lightm_unet_nossm", "medmamba.nets.lightm_unet.LightMUNet",
-                    "medmamba.trainers.lightm_unet.LightMUNetNoSSMTrainer", "lightm_unet_nossm",
-                    "LightM-UNet with the Mamba mixers removed (ablation)"),
-        NetworkSpec("vm_unet", "medmamba.nets.vm_unet.VMUNet", "medmamba.trainers.vm_unet.VMUNetTrainer", "vm_unet",
-                    "VM-UNet 3D: VSS blocks with a 6-route SS3D scan"),
-        NetworkSpec("mhs_vm", "medmamba.nets.mhs_vm.MHSVM", "medmamba.trainers.mhs_vm.MHSVMTrainer", "mhs_vm",
-                    "MHS-VM 3D: VM-UNet with a multi-head scan and Scan Route Attention"),
-        NetworkSpec("uxlstm_enc", "medmamba.nets.uxlstm.UXLSTM", "medmamba.trainers.uxlstm.UXLSTMEncTrainer",
-                    "uxlstm_enc", "xLSTM-UNet Enc: residual U-Net with ViL layers in the deeper encoder stages"),
-        NetworkSpec("uxlstm_bot", "medmamba.nets.uxlstm.UXLSTM", "medmamba.trainers.uxlstm.UXLSTMBotTrainer",
-                    "uxlstm_bot", "xLSTM-UNet Bot: residual U-Net with a ViL layer at the bottleneck"),
-        NetworkSpec("uxlstm_enc_nossm", "medmamba.nets.uxlstm.UXLSTM",
-                    "medmamba.trainers.uxlstm.UXLSTMEncNoSSMTrainer", "uxlstm_enc_nossm",
-                    "xLSTM-UNet Enc with the ViL layers removed (ablation)"),
+        NetworkSpec("nnunet", "nnU-Net's own PlainConvUNet as planned (the baseline)", None, "MedmambaTrainer",
+                    "nnunet", "nnunet"),
+        _LIGHTM,
+        _LIGHTM.variant("lightm_unet_nossm", "LightM-UNet with every Mamba mixer replaced by an identity (ablation: "
+                        "does the state-space part earn its cost?)", "LightMUNetNoSSMTrainer", ssm=False),
+        _VM,
+        dataclasses.replace(_VM, name="mhs_vm", network="medmamba.nets.mhs_vm.MHSVM", trainer="MHSVMTrainer",
+                            preset="mhs_vm",
+                            description="MHS-VM 3D: VM-UNet with a multi-head scan and Scan Route Attention"),
+        _UXLSTM,
+        _UXLSTM.variant("uxlstm_bot", "xLSTM-UNet Bot: residual U-Net with a ViL layer at the bottleneck",
+                        "UXLSTMBotTrainer", variant="bot"),
+        _UXLSTM.variant("uxlstm_enc_nossm", "xLSTM-UNet Enc with the ViL layers removed (ablation)",
+                        "UXLSTMEncNoSSMTrainer", vil=False),
     ]
 }
 
@@ -67,11 +83,3 @@ def get_network(name: str) -> NetworkSpec:
         return NETWORKS[name]
     except KeyError:
         raise KeyError(f"unknown network '{name}'; choose one of: {', '.join(NETWORKS)}") from None
-
-
-def spec_for_trainer(trainer_class_name: str) -> NetworkSpec:
-    """Find the registry entry whose trainer class has this name (used when rebuilding from a checkpoint)."""
-    for spec in NETWORKS.values():
-        if spec.trainer.rpartition(".")[2] == trainer_class_name:
-            return spec
-    raise KeyError(f"no registered network uses trainer '{trainer_class_name}'")

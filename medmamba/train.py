@@ -6,14 +6,16 @@ import contextlib
 import io
 import json
 import os
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from medmamba.distributed import is_main_process, process_group, seed_everything
+from medmamba.distributed import is_main_process, process_group
 from medmamba.errors import MedmambaError
 from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
 from medmamba.workspace import Workspace
@@ -27,6 +29,7 @@ class TrainResult:
     fold_dir: Path
     epochs_done: int
     validation: dict[str, Any] | None
+    warnings: list[str]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -38,6 +41,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda"):
         raise MedmambaError(f"--device {device}: choose auto, cpu or cuda")
     return torch.device(device)
+
+
+def resolve_profile(preset: str, device: torch.device) -> str:
+    """`auto` is the cpu profile on a CPU and the full (default) profile on a GPU."""
+    if preset == "auto":
+        return "cpu" if device.type == "cpu" else "default"
+    return preset
+
+
+def model_dir(ws: Workspace, dataset: str | int, network: str, profile: str, seed: int | None = None) -> Path:
+    """nnU-Net's results folder of (network, resolved profile, seed) in this workspace."""
+    from medmamba.trainers.base import trainer_name
+
+    return ws.results / dataset_name(dataset) / f"{trainer_name(network, profile, seed)}__{PLANS_NAME}__{CONFIGURATION}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG nnU-Net's loop draws from (Python, NumPy's global one for patch sampling and
+    augmentation, torch for initialisation and dropout): with 0 augmentation workers a CPU run repeats."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -66,32 +91,36 @@ def quiet(enabled: bool = True) -> Iterator[None]:
 def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold: str | int = 0,
                 preset: str | dict[str, Any] = "auto", epochs: int | None = None, iterations: int | None = None,
                 device: str = "auto", continue_training: bool = False, validate: bool = True,
-                on_start: Callable[[Any], None] | None = None,
+                seed: int | None = None, on_start: Callable[[Any], None] | None = None,
                 on_iteration: Callable[[int, float], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False,
-                seed: int | None = None, same_batches: bool = False) -> TrainResult:
+                same_batches: bool = False) -> TrainResult:
     """Construct the trainer class directly (no lookup by name), train, and run nnU-Net's validation.
 
+    With `seed`, the run gets its own results folder (`..._seed<N>`) and every RNG is seeded, so the same
+    command repeats its loss curve on a CPU. A resumed run is re-seeded at the resume point: it repeats
+    itself, not the uninterrupted run.
+
     Under torchrun (or `medmamba.distributed.launch_training`) each process joins the DDP group; only rank 0
-    writes files and calls the callbacks. `seed` seeds random/numpy/torch (plus the rank, so that ranks draw
-    different patches). `same_batches` is a verification mode: every rank draws the same global batch from
-    the same seed and trains on rows rank::world_size of it, so N processes must reproduce 1 process.
+    writes files and calls the callbacks, and rank r is seeded with seed + r so that ranks draw different
+    patches. `same_batches` is a verification mode: every rank draws the same global batch from the same
+    seed and trains on rows rank::world_size of it, so N processes must reproduce 1 process.
     `preset` is a profile name, or a resolved preset dict (`medmamba.presets.load_preset`, edited).
     """
     dev = resolve_device(device)
     with process_group(dev) as where:
         if where is not None and dev.type == "cuda":
             dev = torch.device("cuda", where.local_rank)
-        if seed is not None:
-            seed_everything(seed + (where.rank if where is not None and not same_batches else 0))
+        rng_seed = seed + where.rank if seed is not None and where is not None and not same_batches else seed
         return _train(ws, dataset, network, fold, preset, epochs, iterations, dev, continue_training, validate,
-                      on_start, on_iteration, on_epoch, verbose, same_batches)
+                      seed, rng_seed, on_start, on_iteration, on_epoch, verbose, same_batches)
 
 
 def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, preset: str | dict[str, Any],
            epochs: int | None, iterations: int | None, dev: torch.device, continue_training: bool, validate: bool,
-           on_start: Callable[[Any], None] | None, on_iteration: Callable[[int, float], None] | None,
-           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool, same_batches: bool) -> TrainResult:
+           seed: int | None, rng_seed: int | None, on_start: Callable[[Any], None] | None,
+           on_iteration: Callable[[int, float], None] | None, on_epoch: Callable[[dict[str, Any]], None] | None,
+           verbose: bool, same_batches: bool) -> TrainResult:
     from medmamba.trainers.base import make_trainer
 
     main = is_main_process()
@@ -103,10 +132,9 @@ def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, pre
     plans = json.loads(plans_file.read_text())
     dataset_json = json.loads((ws.preprocessed / name / "dataset.json").read_text())
     if isinstance(preset, dict):  # a resolved preset (load_preset's output, possibly edited): used as given
-        trainer_cls = make_trainer(network, str(preset["profile"]), preset=preset)
+        trainer_cls = make_trainer(network, str(preset["profile"]), preset=preset, seed=seed)
     else:
-        profile = ("cpu" if dev.type == "cpu" else "default") if preset == "auto" else preset
-        trainer_cls = make_trainer(network, profile)
+        trainer_cls = make_trainer(network, resolve_profile(preset, dev), seed=seed)
     fold_arg: int | str = fold if fold == "all" else int(fold)
     plans["continue_training"] = continue_training
     with quiet(not verbose):
@@ -121,6 +149,8 @@ def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, pre
         trainer.on_iteration = on_iteration
         trainer.on_epoch = on_epoch
 
+    if rng_seed is not None:
+        seed_everything(rng_seed)
     fold_dir = Path(trainer.output_folder)
     if continue_training:
         ckpt = next((fold_dir / f for f in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -137,12 +167,17 @@ def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, pre
         trainer.run_training()
         validation = None
         if validate and main:
-            trainer.validate_on_main_process()
+            with quiet(not verbose):
+                trainer.validate_on_main_process()
             summary = fold_dir / "validation" / "summary.json"
             validation = json.loads(summary.read_text()) if summary.is_file() else None
-    if main:
-        _maybe_training_report(fold_dir)
-    return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, validation)
+    if not main:
+        return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, None, [])
+    from medmamba.report.training import unlearnt_labels, write_training_report
+
+    write_training_report(fold_dir)  # loss and pseudo-Dice curves next to nnU-Net's progress.png
+    return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, validation,
+                       unlearnt_labels(fold_dir))
 
 
 def epoch_line(info: dict[str, Any]) -> str:
@@ -150,12 +185,3 @@ def epoch_line(info: dict[str, Any]) -> str:
     dice = ", ".join(f"{d:.3f}" for d in info["pseudo_dice"])
     return (f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}  val loss {info['val_loss']:.4f}  "
             f"pseudo-Dice {dice}")
-
-
-def _maybe_training_report(fold_dir: Path) -> None:
-    """Loss and pseudo-Dice curves next to nnU-Net's progress.png, when the report module is present."""
-    try:
-        from medmamba.report import write_training_report  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    write_training_report(fold_dir)

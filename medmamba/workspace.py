@@ -15,13 +15,16 @@ from pathlib import Path
 CPU_ENV_DEFAULTS: dict[str, str] = {
     "nnUNet_def_n_proc": "1",  # validation export 14 s instead of 60-86 s on 2 cores
     "nnUNet_compile": "false",  # torch.compile is off on CPU anyway; keep GPU runs predictable too
-    "MPLBACKEND": "Agg",  # progress.png on a headless machine
     "KMP_WARNINGS": "0",
 }
 
 
 def apply_env_defaults() -> None:
-    """Set CPU-friendly nnU-Net defaults unless the user set them (call before importing nnunetv2)."""
+    """Set CPU-friendly nnU-Net defaults unless the user set them (call before importing nnunetv2).
+
+    Called by `Workspace.activate()` and by predict, never at import: importing medmamba changes no
+    environment variable.
+    """
     for key, value in CPU_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
@@ -65,6 +68,3 @@ def resolve_workdir(workdir: str | Path | None = None) -> Path:
 def open_workspace(workdir: str | Path | None = None) -> Workspace:
     """Resolve and activate the workspace in one call (what every CLI command does first)."""
     return Workspace(resolve_workdir(workdir)).activate()
-
-
-apply_env_defaults()

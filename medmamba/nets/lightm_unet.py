@@ -100,7 +100,7 @@ class LightMUNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
                  strides: list[list[int]], features_per_stage: list[int], blocks_down: list[int] = (1, 2, 2, 4),
                  blocks_up: list[int] = (1, 1, 1), d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 ssm: bool = True, scan_backend: str = "auto", **_plan: object):
+                 ssm: bool = True, scan_backend: str = "auto"):
         super().__init__()
         features = [int(f) for f in features_per_stage]
         n = len(features)

@@ -33,15 +33,11 @@ class MHSBlock(nn.Module):
 
 class MHSVM(VMUNet):
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
-                 heads: int = 4, d_state: int = 16, sra_threshold: float = 0.5, scan_backend: str = "auto",
-                 **vm_kwargs):
-        super().__init__(input_channels, num_classes, deep_supervision, d_state=d_state, scan_backend=scan_backend,
-                         make_mixer=lambda dim: MHSBlock(dim, heads, d_state, sra_threshold, scan_backend),
-                         **vm_kwargs)
+                 strides: list[list[int]], features_per_stage: list[int], depths: list[int] = (2, 2, 2, 2),
+                 depths_decoder: list[int] = (2, 2, 1), heads: int = 4, d_state: int = 16,
+                 sra_threshold: float = 0.5, scan_backend: str = "auto"):
+        super().__init__(input_channels, num_classes, deep_supervision, strides=strides,
+                         features_per_stage=features_per_stage, depths=depths, depths_decoder=depths_decoder,
+                         d_state=d_state, scan_backend=scan_backend,
+                         make_mixer=lambda dim: MHSBlock(dim, heads, d_state, sra_threshold, scan_backend))
 
-
-def original_2d_equivalent_parameters() -> int:
-    """Parameters of our MHS-VM 3D at the released 2D widths/depths (96..768, 4 heads)."""
-    net = MHSVM(1, 9, False, strides=[[1, 1, 1], [4, 4, 4], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-                features_per_stage=[48, 96, 192, 384, 768], depths=[2, 2, 2, 2], depths_decoder=[2, 2, 2, 1])
-    return sum(p.numel() for p in net.parameters())

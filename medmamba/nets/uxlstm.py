@@ -91,7 +91,7 @@ class UXLSTM(nn.Module):
                  strides: list[list[int]], kernel_sizes: list[list[int]], features_per_stage: list[int],
                  variant: str = "enc", vil_from_stage: int = 3, blocks_per_stage: list[int] = (1, 1, 1, 1, 1, 1),
                  vil_depth: int = 1, heads: int = 4, chunk: int = 64, alternate_directions: bool = True,
-                 vil: bool = True, mlstm_backend: str = "auto", **_plan: object):
+                 vil: bool = True, mlstm_backend: str = "auto"):
         super().__init__()
         if variant not in ("enc", "bot"):
             raise ValueError(f"variant must be 'enc' or 'bot', got '{variant}'")

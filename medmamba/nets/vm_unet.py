@@ -102,7 +102,7 @@ class VMUNet(nn.Module):
                  strides: list[list[int]], features_per_stage: list[int], depths: list[int] = (2, 2, 2, 2),
                  depths_decoder: list[int] = (2, 2, 1), d_state: int = 16, expand: int = 2,
                  routes: list[str] = DEFAULT_ROUTES, scan_backend: str = "auto",
-                 make_mixer: MixerFactory | None = None, **_plan: object):
+                 make_mixer: MixerFactory | None = None):
         super().__init__()
         if len(strides) < 3:
             raise ValueError("VM-UNet needs a plan with at least 3 stages")
@@ -127,9 +127,3 @@ class VMUNet(nn.Module):
             skips.append(x)
         return self.decoder(skips)
 
-
-def original_2d_equivalent_parameters() -> int:
-    """Parameters of our VM-UNet 3D built with the released 2D widths/depths (96..768, [2,2,2,2]/[2,2,2,1])."""
-    net = VMUNet(1, 9, False, strides=[[1, 1, 1], [4, 4, 4], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-                 features_per_stage=[48, 96, 192, 384, 768], depths=[2, 2, 2, 2], depths_decoder=[2, 2, 2, 1])
-    return sum(p.numel() for p in net.parameters())

@@ -51,11 +51,17 @@ def worst_first(results: Sequence[CaseResult], net: str, labels: Sequence[int]) 
 
 def paired(results: Sequence[CaseResult], baseline: str, other: str, label: int, metric: str) -> dict[str, Any]:
     """Paired difference other - baseline on shared cases, with a two-sided Wilcoxon signed-rank test."""
+    shared = [r for r in results if baseline in r.metrics and other in r.metrics]
+    return paired_values([r.metrics[baseline][label][metric] for r in shared],
+                         [r.metrics[other][label][metric] for r in shared])
+
+
+def paired_values(baseline: Sequence[float], other: Sequence[float]) -> dict[str, Any]:
+    """other - baseline over pairs where both are finite, with a two-sided Wilcoxon signed-rank test."""
     from scipy.stats import wilcoxon
 
-    shared = [r for r in results if baseline in r.metrics and other in r.metrics]
-    a = np.array([r.metrics[baseline][label][metric] for r in shared], dtype=float)
-    b = np.array([r.metrics[other][label][metric] for r in shared], dtype=float)
+    a = np.array(baseline, dtype=float)
+    b = np.array(other, dtype=float)
     ok = np.isfinite(a) & np.isfinite(b)
     diff = b[ok] - a[ok]
     out: dict[str, Any] = {"n_pairs": int(ok.sum()), "n_dropped_nan": int((~ok).sum()),

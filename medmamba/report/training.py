@@ -105,6 +105,40 @@ def parse_training_logs(fold_dir: Path) -> TrainingLog:
     return log
 
 
+#: A label whose Dice stays below this after training was not learnt (a half-learnt one scores far higher).
+UNLEARNT_DICE = 0.1
+
+
+def unlearnt_labels(fold_dir: Path, threshold: float = UNLEARNT_DICE) -> list[str]:
+    """One warning per label that training did not learn: its Dice on the full validation cases (nnU-Net's
+    summary.json) or, without one, its last epoch's pseudo-Dice is below `threshold`.
+
+    Short CPU budgets can end with one structure at Dice ~0 while the other looks fine; a user reading only the
+    mean would not notice that half the anatomy is missing.
+    """
+    fold = Path(fold_dir)
+    names: dict[str, str] = {}
+    dataset_json = fold.parent / "dataset.json"
+    if dataset_json.is_file():
+        names = {str(v): k for k, v in json.loads(dataset_json.read_text()).get("labels", {}).items()
+                 if isinstance(v, int)}
+    scores: dict[str, float] = {}
+    source = "validation Dice"
+    summary = fold / "validation" / "summary.json"
+    if summary.is_file():
+        scores = {str(k): float(v["Dice"]) for k, v in json.loads(summary.read_text()).get("mean", {}).items()}
+    else:
+        log = parse_training_logs(fold)
+        scores = {str(i + 1): float(d) for i, d in enumerate(log.pseudo_dice[-1])}
+        source = f"pseudo-Dice at epoch {log.epochs[-1]}"
+    out = []
+    for label, dice in sorted(scores.items(), key=lambda kv: int(kv[0])):
+        if not dice >= threshold:  # NaN counts as not learnt
+            name = f" ({names[label]})" if label in names else ""
+            out.append(f"label {label}{name} not learnt ({source} {dice:.3f}): train longer or use --preset default")
+    return out
+
+
 def write_training_report(fold_output_folder: Path, out_file: Path | None = None) -> Path:
     """Write training_report.html (curves + per-epoch table) into the fold folder; returns its path.
 
@@ -137,6 +171,7 @@ def write_training_report(fold_output_folder: Path, out_file: Path | None = None
             val_html = "<h2>Validation (nnU-Net summary.json)</h2>" + table(["label", "Dice", "IoU"], rows)
         except (json.JSONDecodeError, AttributeError, TypeError):
             val_html = f"<p>{esc(validation)}: unreadable, skipped</p>"
+    warnings_html = "".join(f"<p class='bad'>{esc(w)}</p>" for w in unlearnt_labels(fold))
     n_cls = len(log.pseudo_dice[0])
     epoch_rows = [[str(ep), fmt(tr, 4), fmt(va, 4)] + [fmt(x, 4) for x in d] + [fmt(e, 4), fmt(lr, 5), fmt(t, 1)]
                   for ep, tr, va, d, e, lr, t in zip(log.epochs, log.train_loss, log.val_loss, log.pseudo_dice,
@@ -148,7 +183,7 @@ def write_training_report(fold_output_folder: Path, out_file: Path | None = None
             f"</title><style>{CSS}</style></head><body><h1>Training report: {esc(fold.parent.name)}/{esc(fold.name)}"
             f"</h1><p class='meta'>Created {created} from <code>{esc(fold)}</code>. Pseudo Dice is nnU-Net's "
             "per-epoch Dice on validation patches (not full cases); EMA = 0.9·previous + 0.1·mean, as nnU-Net "
-            "uses to pick checkpoint_best.</p>"
+            "uses to pick checkpoint_best.</p>" + warnings_html
             + table(["", ""], [[esc(a), esc(b)] for a, b in facts]) + img_tag(png, "training curves") + val_html
             + "<h2>Per epoch</h2>" + table(cols, epoch_rows) + "</body></html>")
     out = Path(out_file) if out_file else fold / "training_report.html"

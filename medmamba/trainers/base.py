@@ -1,8 +1,8 @@
 """MedmambaTrainer: the one nnUNetTrainer subclass every medmamba network trains through.
 
-A network's trainer only says how to turn nnU-Net's plan into the network's constructor arguments
-(`network_kwargs`); optimiser, schedule, AMP policy, clipping and budget come from its preset. Concrete
-classes are made per (network, profile) by `make_trainer`, so nnU-Net's results folder name tells the
+The network comes from `build_network` (registry + plan + preset); optimiser, schedule, AMP policy,
+clipping and budget come from the preset. Concrete classes are made per (network, profile, seed) by
+`make_trainer`, so nnU-Net's results folder name tells the
 profile apart and no trainer lookup by name (which imports timm) is ever needed.
 """
 
@@ -34,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import medmamba
 from medmamba.checkpoint import load_checkpoint
 from medmamba.presets import load_preset
-from medmamba.registry import _resolve, get_network
+from medmamba.registry import get_network
+from medmamba.trainers.build import build_network
 
 SIDECAR = "medmamba.json"
 
@@ -43,8 +44,8 @@ class MedmambaTrainer(nnUNetTrainer):
     """nnU-Net trainer driven by a medmamba preset; with no network class it trains nnU-Net's own U-Net."""
 
     network_name: ClassVar[str] = "nnunet"
-    network_class_path: ClassVar[str | None] = None
     preset: ClassVar[dict[str, Any]] = load_preset("nnunet")
+    seed: ClassVar[int | None] = None  # recorded in the sidecar; the caller seeds the RNGs (train_model)
 
     # set by the caller (CLI progress bars); not part of nnU-Net's state
     on_iteration: Callable[[int, float], None] | None = None
@@ -78,30 +79,13 @@ class MedmambaTrainer(nnUNetTrainer):
 
     # ---- network -------------------------------------------------------------------------------
     @classmethod
-    def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict[str, Any]:
-        """Constructor kwargs for the network: the plan's stage geometry plus the preset's architecture."""
-        arch = configuration_manager.network_arch_init_kwargs
-        return {
-            "strides": [list(s) for s in arch["strides"]],
-            "kernel_sizes": [list(k) for k in arch["kernel_sizes"]],
-            "features_per_stage": list(arch["features_per_stage"]),
-            "patch_size": list(configuration_manager.patch_size),
-            **cls.preset["architecture"],
-        }
-
-    @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager,
                                    configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """Build from the plan; nnU-Net calls this in training and we call it again for inference."""
-        if cls.network_class_path is None:
-            return nnUNetTrainer.build_network_architecture(
-                plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                enable_deep_supervision)
-        net_cls = _resolve(cls.network_class_path)
-        return net_cls(num_input_channels, num_output_channels, enable_deep_supervision,
-                       **cls.network_kwargs(configuration_manager))
+        return build_network(cls.network_name, configuration_manager, num_input_channels, num_output_channels,
+                             enable_deep_supervision, preset=cls.preset, plans_manager=plans_manager)
 
     # ---- DDP ---------------------------------------------------------------------------------------
     def initialize(self) -> None:
@@ -270,6 +254,14 @@ class MedmambaTrainer(nnUNetTrainer):
         if self.grad_scaler is not None and ckpt.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
 
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint written under a temporary name and renamed: a run killed mid-save (a
+        comparison queue at the end of a session) leaves the previous checkpoint intact to resume from."""
+        tmp = f"{filename}.partial"
+        super().save_checkpoint(tmp)
+        if Path(tmp).is_file():  # only rank 0 writes
+            Path(tmp).replace(filename)
+
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
         super().print_to_log_file(*args, also_print_to_console=also_print_to_console and self.verbose,
                                   add_timestamp=add_timestamp)
@@ -317,18 +309,33 @@ def apply_limits(plans: dict, configuration: str, limits: dict[str, Any]) -> Non
         ]
 
 
-def make_trainer(network: str, profile: str = "default",
-                 preset: dict[str, Any] | None = None) -> type[MedmambaTrainer]:
-    """The concrete trainer class for (network, profile); pass `preset` to rebuild a trained model exactly."""
-    spec = get_network(network)
-    base = spec.trainer_class()
-    preset = preset if preset is not None else load_preset(spec.preset, profile)
-    name = base.__name__ if profile == "default" else f"{base.__name__}_{profile}"
-    return type(name, (base,), {
+def trainer_name(network: str, profile: str = "default", seed: int | None = None) -> str:
+    """The trainer class name, and so nnU-Net's results folder `<name>__<plans>__<configuration>`.
+
+    The registry's trainer name, then the profile and an explicit seed, so runs that differ in either never
+    share a folder (a seed-1 run must not resume from seed 0's checkpoint). The one place this name is made.
+    """
+    name = get_network(network).trainer
+    if profile != "default":
+        name += f"_{profile}"
+    if seed is not None:
+        name += f"_seed{seed}"
+    return name
+
+
+def make_trainer(network: str, profile: str = "default", preset: dict[str, Any] | None = None,
+                 seed: int | None = None) -> type[MedmambaTrainer]:
+    """The trainer class of (network, profile, seed); pass `preset` to rebuild a trained model exactly.
+
+    Every trainer class is made here from the registry: there are no per-network trainer modules, so no
+    class can be used directly and silently train another network.
+    """
+    preset = preset if preset is not None else load_preset(network, profile)
+    return type(trainer_name(network, profile, seed), (MedmambaTrainer,), {
         "network_name": network,
-        "network_class_path": spec.network,
         "preset": preset,
-        "__module__": base.__module__,
+        "seed": seed,
+        "__module__": __name__,
     })
 
 
@@ -339,6 +346,7 @@ def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
         "profile": trainer.preset["profile"],
         "preset": trainer.preset,
         "trainer_name": type(trainer).__name__,
+        "seed": trainer.seed,
         "configuration": trainer.configuration_name,
         "medmamba_version": medmamba.__version__,
     }
@@ -346,11 +354,3 @@ def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(model_dir / SIDECAR)
 
-
-def trainer_from_sidecar(model_dir: Path) -> tuple[type[MedmambaTrainer], dict[str, Any]]:
-    """Rebuild the trainer class a model folder was trained with, from its medmamba.json."""
-    path = Path(model_dir) / SIDECAR
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; not a medmamba model folder")
-    info = json.loads(path.read_text())
-    return make_trainer(info["network"], info["profile"], preset=info["preset"]), info

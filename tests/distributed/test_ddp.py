@@ -85,9 +85,8 @@ def _weights(ws, network: str) -> dict[str, torch.Tensor]:
 
 def _sgd(network: str) -> dict:
     from medmamba.presets import load_preset
-    from medmamba.registry import get_network
 
-    preset = load_preset(get_network(network).preset, "cpu")
+    preset = load_preset(network, "cpu")
     preset["training"].update(optimizer="sgd", initial_lr=1e-2)
     return preset
 
@@ -167,8 +166,8 @@ def _initial_weights(ws, network: str, preset: str | dict) -> dict[str, torch.Te
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from medmamba.distributed import seed_everything
     from medmamba.plan import CONFIGURATION
+    from medmamba.train import seed_everything
     from medmamba.trainers.base import apply_limits, make_trainer
 
     trainer = make_trainer(network, "cpu", preset=preset if isinstance(preset, dict) else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmamba.nets.params import count, main, nnunet_like_stages, plan_adapted
+from medmamba.params import count, main, nnunet_like_stages, plan_adapted
 
 # nnU-Net 2.8.1's 3d_fullres plan for Task04_Hippocampus (patch 40 x 56 x 40)
 HIPPO_STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]

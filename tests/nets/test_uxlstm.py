@@ -117,7 +117,7 @@ def test_trainer_refuses_a_preset_that_contradicts_the_network():
     preset = load_preset("uxlstm_enc", "cpu")
     preset["architecture"]["variant"] = "bot"
     with pytest.raises(ValueError, match="variant"):
-        make_trainer("uxlstm_enc", "cpu", preset=preset).network_kwargs(_configuration())
+        make_trainer("uxlstm_enc", "cpu", preset=preset).build_network_architecture(None, _configuration(), 1, 3)
 
 
 def test_vil_mixer_runs_in_fp32_under_autocast_with_the_preset_chunk(monkeypatch):

@@ -90,3 +90,21 @@ def test_nan_losses_are_kept(tmp_path):
     parsed = parse_training_logs(tmp_path)
     assert math.isnan(parsed.train_loss[0]) and math.isnan(parsed.pseudo_dice[0][0])
     assert parsed.ema[0] == pytest.approx(0.2)
+
+
+def test_unlearnt_label_is_named_in_the_warning_and_shown_red(fold):
+    from medmamba.report.training import unlearnt_labels
+
+    assert unlearnt_labels(fold) == []  # 0.8 and 0.75: both learnt
+    (fold.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "anterior": 1,
+                                                                     "posterior": 2}}))
+    (fold / "validation" / "summary.json").write_text(json.dumps(
+        {"mean": {"1": {"Dice": 0.008, "IoU": 0.0}, "2": {"Dice": 0.555, "IoU": 0.4}}, "foreground_mean": {}}))
+    warnings = unlearnt_labels(fold)
+    assert warnings == ["label 1 (anterior) not learnt (validation Dice 0.008): train longer or use --preset "
+                        "default"]
+    html = write_training_report(fold).read_text(encoding="utf-8")
+    assert f"<p class='bad'>{warnings[0]}</p>" in html
+    (fold / "validation" / "summary.json").unlink()  # without a validation: the last epoch's pseudo-Dice
+    assert unlearnt_labels(fold, threshold=0.7) == [
+        "label 1 (anterior) not learnt (pseudo-Dice at epoch 6 0.660): train longer or use --preset default"]

@@ -1,6 +1,6 @@
 """Parameter counts of the Mamba networks: released configurations next to the plan-adapted presets.
 
-    python -m medmamba.nets.params [--patch 40 56 40] [--strides '[[1,1,1],[2,2,2],[2,2,2],[2,2,2]]']
+    python -m medmamba.params [--patch 40 56 40] [--strides '[[1,1,1],[2,2,2],[2,2,2],[2,2,2]]']
 
 Why a script: the faithfulness check (LightM-UNet 3D = 5.0M) and the 2D originals' counts (VM-UNet 27.4M,
 MHS-VM 17.3M) are quoted in docs/benchmarks.md; this reproduces them in seconds without nnU-Net. Without
@@ -44,12 +44,12 @@ def nnunet_like_stages(patch: list[int], base: int = 32, cap: int = 320) -> tupl
 def released(name: str) -> nn.Module | None:
     """The original configuration of a network, built with our 3D modules (None for the ablation)."""
     if name == "lightm_unet":
-        from .lightm_unet import released_configuration
+        from medmamba.nets.lightm_unet import released_configuration
 
         return released_configuration()
     if name in ("vm_unet", "mhs_vm"):
-        from .mhs_vm import MHSVM
-        from .vm_unet import VMUNet
+        from medmamba.nets.mhs_vm import MHSVM
+        from medmamba.nets.vm_unet import VMUNet
 
         cls = VMUNet if name == "vm_unet" else MHSVM
         # 2D widths 96..768 behind a x4 patch embedding, encoder [2,2,2,2], decoder [2,2,2,1], 9 classes
@@ -60,14 +60,14 @@ def released(name: str) -> nn.Module | None:
 
 def plan_adapted(name: str, strides: list[list[int]], features: list[int], profile: str,
                  input_channels: int = 1, num_classes: int = 3) -> nn.Module:
-    """The network as its preset builds it on a plan with these stages (what `medmamba train` trains)."""
-    from medmamba.presets import load_preset
-    from medmamba.registry import get_network
+    """The network as `medmamba train` builds it on a plan with these stages (the same `build_network`)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    spec = get_network(name)
-    arch = load_preset(spec.preset, profile)["architecture"]
-    return spec.network_class()(input_channels, num_classes, True, strides=strides, features_per_stage=features,
-                                **arch)
+    from medmamba.trainers.build import build_network
+
+    plan = ConfigurationManager({"architecture": {"arch_kwargs": {
+        "strides": strides, "features_per_stage": features, "kernel_sizes": [[3] * len(strides[0])] * len(strides)}}})
+    return build_network(name, plan, input_channels, num_classes, True, profile=profile)
 
 
 def rows(patch: list[int], strides: list[list[int]] | None = None) -> list[dict]:
