@@ -54,6 +54,7 @@ def train(
     workdir: WorkdirOption = None,
 ) -> None:
     """Train a network with nnU-Net's training loop; writes the usual nnU-Net results folder."""
+    from medmamba.distributed import rank_from_env
     from medmamba.train import epoch_line, train_model
     from medmamba.workspace import open_workspace
 
@@ -86,7 +87,7 @@ def train(
 
         result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,
                              validate, seed=seed, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
-                             verbose=verbose)
+                             verbose=verbose, distributed=rank_from_env() is not None)
     _print_train_result(result)
 
 

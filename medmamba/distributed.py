@@ -58,12 +58,12 @@ def is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device, timeout_minutes: float = 60.0) -> Iterator[Rank | None]:
+def process_group(device: torch.device, enabled: bool = True, timeout_minutes: float = 60.0) -> Iterator[Rank | None]:
     """Join the torch.distributed group the environment describes (nccl on cuda, gloo on cpu), leave at exit.
 
-    A no-op without torchrun's variables, or when the caller already initialised a group.
+    A no-op when not `enabled`, without torchrun's variables, or when the caller already initialised a group.
     """
-    where = rank_from_env()
+    where = rank_from_env() if enabled else None
     if where is None or (dist.is_available() and dist.is_initialized()):
         yield where
         return
@@ -99,7 +99,7 @@ def _train_worker(kwargs: dict[str, Any], nproc: int, show_epochs: bool) -> Any:
     ws = Workspace(Path(kwargs.pop("workdir")))
     main = os.environ.get("RANK") == "0"
     on_epoch = (lambda info: print(epoch_line(info), flush=True)) if show_epochs and main else None
-    result = train_model(ws, on_epoch=on_epoch, **kwargs)
+    result = train_model(ws, on_epoch=on_epoch, distributed=True, **kwargs)
     return result if main else None
 
 

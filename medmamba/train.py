@@ -94,21 +94,23 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
                 seed: int | None = None, on_start: Callable[[Any], None] | None = None,
                 on_iteration: Callable[[int, float], None] | None = None,
                 on_epoch: Callable[[dict[str, Any]], None] | None = None, verbose: bool = False,
-                same_batches: bool = False) -> TrainResult:
+                same_batches: bool = False, distributed: bool = False) -> TrainResult:
     """Construct the trainer class directly (no lookup by name), train, and run nnU-Net's validation.
 
     With `seed`, the run gets its own results folder (`..._seed<N>`) and every RNG is seeded, so the same
     command repeats its loss curve on a CPU. A resumed run is re-seeded at the resume point: it repeats
     itself, not the uninterrupted run.
 
-    Under torchrun (or `medmamba.distributed.launch_training`) each process joins the DDP group; only rank 0
+    `distributed`: join the DDP group torchrun's variables describe (`medmamba train` does when started by
+    torchrun, `launch_training`'s workers always); off by default, so that a caller whose own workers run
+    under torchrun (compare's queue) still trains one independent model per process. Under DDP only rank 0
     writes files and calls the callbacks, and rank r is seeded with seed + r so that ranks draw different
     patches. `same_batches` is a verification mode: every rank draws the same global batch from the same
     seed and trains on rows rank::world_size of it, so N processes must reproduce 1 process.
     `preset` is a profile name, or a resolved preset dict (`medmamba.presets.load_preset`, edited).
     """
     dev = resolve_device(device)
-    with process_group(dev) as where:
+    with process_group(dev, enabled=distributed) as where:
         if where is not None and dev.type == "cuda":
             dev = torch.device("cuda", where.local_rank)
         rng_seed = seed + where.rank if seed is not None and where is not None and not same_batches else seed
