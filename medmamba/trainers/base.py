@@ -259,7 +259,8 @@ class MedmambaTrainer(nnUNetTrainer):
         comparison queue at the end of a session) leaves the previous checkpoint intact to resume from."""
         tmp = f"{filename}.partial"
         super().save_checkpoint(tmp)
-        if Path(tmp).is_file():  # only rank 0 writes
+        # only rank 0 writes, so only rank 0 renames: another rank would see rank 0's half-written file
+        if self.local_rank == 0 and Path(tmp).is_file():
             Path(tmp).replace(filename)
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
