@@ -49,13 +49,25 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed every RNG: the same command repeats its loss curve on a "
                                              "CPU; the run gets its own results folder (..._seed<N>).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine (DDP: one per GPU, or gloo on CPU); the "
+                                       "global batch is split between them. Multi-node: run under torchrun.")] = 1,
     workdir: WorkdirOption = None,
 ) -> None:
     """Train a network with nnU-Net's training loop; writes the usual nnU-Net results folder."""
-    from medmamba.train import train_model
+    from medmamba.distributed import rank_from_env
+    from medmamba.train import epoch_line, train_model
     from medmamba.workspace import open_workspace
 
     ws = open_workspace(workdir)
+    if nproc != 1:
+        from medmamba.distributed import launch_training
+
+        result = launch_training(nproc, ws.root, dataset=dataset, network=network, fold=fold, preset=preset,
+                                 epochs=epochs, iterations=iterations, device=device,
+                                 continue_training=continue_training, validate=validate, seed=seed,
+                                 verbose=verbose)
+        _print_train_result(result)
+        return
     with progress_bar() as bar:
         state: dict[str, Any] = {}
 
@@ -70,14 +82,20 @@ def train(
 
         def on_epoch(info: dict[str, Any]) -> None:
             state["last"] = info
-            console.print(f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}  val loss "
-                          f"{info['val_loss']:.4f}  pseudo-Dice {', '.join(f'{d:.3f}' for d in info['pseudo_dice'])}",
-                          highlight=False)
+            console.print(epoch_line(info), highlight=False)
             bar.reset(state["task"], description=_epoch_label(info["epoch"] + 1, state["epochs"], info))
 
         result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,
                              validate, seed=seed, on_start=on_start, on_iteration=on_iteration, on_epoch=on_epoch,
-                             verbose=verbose)
+                             verbose=verbose, distributed=rank_from_env() is not None)
+    _print_train_result(result)
+
+
+def _print_train_result(result: Any) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank returns here; rank 0 speaks
+        return
     console.print(f"model folder: {result.model_dir}")
     if result.validation is not None:
         console.print(f"validation foreground mean Dice: {result.validation['foreground_mean']['Dice']:.4f}")
@@ -96,13 +114,14 @@ def _epoch_label(epoch: int, total: int, last: dict[str, Any] | None, loss: floa
 
 @handle_errors
 def predict(
-    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Images: a folder (CASE_0000.nii.gz ..., CASE.nii.gz "
-                                            "for one channel, .nrrd, .mha/.mhd, DICOM series subfolders), one "
-                                            "image file, or one DICOM series folder.")],
-    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Folder for CASE.nii.gz label maps and "
-                                             "predict_summary.json.")],
-    model_dir: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (printed by train) or a "
-                                            "bundle folder/.zip (from export; hashes checked before loading).")],
+    input_dir: Annotated[Path | None, typer.Option("--input", "-i", help="Images: a folder (CASE_0000.nii.gz ..., "
+                                                   "CASE.nii.gz for one channel, .nrrd, .mha/.mhd, DICOM series "
+                                                   "subfolders), one image file, or one DICOM series folder.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for CASE.nii.gz label maps and "
+                                                    "predict_summary.json.")] = None,
+    model_dir: Annotated[Path | None, typer.Option("--model", "-m", help="Trained model folder (printed by train) or "
+                                                   "a bundle folder/.zip (from export; hashes checked before "
+                                                   "loading).")] = None,
     folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to ensemble (default: all).")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation "
                                              "(default: on for GPU, off for CPU).", show_default=False)] = None,
@@ -125,9 +144,25 @@ def predict(
     ref: Annotated[Path | None, typer.Option(help="Reference labels: also write a report to OUTPUT/report/.")] = None,
     pdf: Annotated[bool, typer.Option(help="With --ref: also render the report as PDF.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show nnU-Net's own output.")] = False,
+    num_parts: Annotated[int, typer.Option(help="Split the cases into this many parts (one per job/machine).")] = 1,
+    part_id: Annotated[int, typer.Option(help="Predict only this part, 0..num-parts-1 (case k of the sorted list "
+                                         "goes to part k mod num-parts).")] = 0,
+    merge_summary: Annotated[Path | None, typer.Option(help="Only merge the part summaries in this output folder "
+                                                       "into predict_summary.json (done automatically by the "
+                                                       "last part to finish).", show_default=False)] = None,
 ) -> None:
     """Segment images; labels are written on each input's own grid, every case is listed in predict_summary.json."""
     from medmamba.predict import predict_folder
+
+    if merge_summary is not None:
+        from medmamba.shard import merge_summaries
+
+        console.print(f"merged summary: {merge_summaries(merge_summary)}", highlight=False, soft_wrap=True)
+        return
+    missing = [flag for flag, value in (("--input", input_dir), ("--output", output_dir), ("--model", model_dir))
+               if value is None]
+    if missing:
+        fail(f"missing option(s) {', '.join(missing)} (required unless --merge-summary)")
 
     plain = None if console.is_terminal else PlainPredictLog()  # no terminal: plain lines, not bars
     with progress_bar(disable=plain is not None) as bar:
@@ -146,13 +181,16 @@ def predict(
         result = predict_folder(input_dir, output_dir, model_dir, folds, tta, device, step_size, on_case=on_case,
                                 verbose=verbose, resume=resume, fast=fast, threads=threads, max_voxels=max_voxels,
                                 series=series, on_start=on_start, probabilities=probabilities,
-                                output_format=output_format, seg_codes=seg_codes,
-                                **(plain.hooks() if plain is not None else {}))
+                                output_format=output_format, seg_codes=seg_codes, num_parts=num_parts,
+                                part_id=part_id, **(plain.hooks() if plain is not None else {}))
     for warning in result.warnings:
         err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     skipped = f", {len(result.skipped)} kept from an earlier run" if result.skipped else ""
     console.print(f"{len(result.written)} case(s) written to {output_dir}{skipped}, {len(result.failed)} failed; "
                   f"summary: {result.summary}", highlight=False, soft_wrap=True)
+    if result.merged is not None:
+        console.print(f"all {num_parts} parts finished; merged summary: {result.merged}", highlight=False,
+                      soft_wrap=True)
     if ref is not None and (result.written or result.skipped):
         from medmamba.report import report_for_prediction
 

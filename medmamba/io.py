@@ -14,8 +14,10 @@ import gzip
 import json
 import os
 import re
+import uuid
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -497,21 +499,41 @@ def read_case_input(case: CaseInput, max_voxels: int | None = DEFAULT_MAX_VOXELS
 
 
 # ------------------------------------------------------------------------------------------- outputs
+def _stem(name: str) -> str:
+    return image_stem(name) or strip_ending(name) or (name[:-4] if name.endswith(".npz") else name)
+
+
+def _partial_prefix(name: str) -> str:
+    return f".{_stem(name)}{PARTIAL_TAG}"
+
+
 def partial_name(path: Path) -> Path:
-    """Hidden temporary name next to `path`, same extension (so writers pick the same format)."""
+    """Hidden temporary name next to `path`, same extension (so writers pick the same format).
+
+    A random token makes it unique per write: processes sharing one output folder (prediction parts, on
+    one machine or many) never write to, or rename away, each other's temporary files.
+    """
     path = Path(path)
-    stem = image_stem(path.name) or strip_ending(path.name) or path.name
-    return path.with_name(f".{stem}{PARTIAL_TAG}{path.name[len(stem):]}")
+    return path.with_name(f"{_partial_prefix(path.name)}-{uuid.uuid4().hex[:12]}{path.name[len(_stem(path.name)):]}")
 
 
-def remove_stale_partials(folder: Path) -> list[Path]:
-    """Delete temporary files a killed run left behind in `folder` (only our own naming pattern)."""
+def remove_stale_partials(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete temporary files a killed run left behind in `folder` (only our own naming pattern).
+
+    `names`: only the temporaries of these final file names, so that a run sharing the folder with other
+    live runs (prediction parts) removes only what it owns.
+    """
+    prefixes = None if names is None else tuple(_partial_prefix(n) for n in names)
     removed = []
     if Path(folder).is_dir():
         for p in Path(folder).iterdir():
-            if p.name.startswith(".") and PARTIAL_TAG in p.name and p.is_file():
-                p.unlink()
-                removed.append(p)
+            if not (p.name.startswith(".") and PARTIAL_TAG in p.name and p.is_file()):
+                continue
+            if prefixes is not None and not any(p.name.startswith(x) and p.name[len(x):len(x) + 1] in ("", ".", "-")
+                                                for x in prefixes):
+                continue
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
@@ -551,7 +573,7 @@ def write_probabilities(probs: Any, path: Path) -> None:
     """Class probabilities as float16 .npz (half the size; 3 significant digits), atomically."""
     path = Path(path)
     arr = np.asarray(probs.cpu().numpy() if hasattr(probs, "cpu") else probs, dtype=np.float16)
-    tmp = path.with_name(f".{path.name[:-4]}{PARTIAL_TAG}.npz")
+    tmp = partial_name(path)
     with open(tmp, "wb") as fh:
         np.savez_compressed(fh, probabilities=arr)
     os.replace(tmp, path)

@@ -36,10 +36,10 @@ from medmamba.io import (
     write_label_map,
     write_probabilities,
 )
+from medmamba.shard import SUMMARY, check_part, merge_summaries, part_summary_name, parts_finished, select_part
 from medmamba.train import quiet, resolve_device
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
-SUMMARY = "predict_summary.json"
 FAST_STEP = 0.7
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
@@ -66,6 +66,7 @@ class PredictResult:
     skipped: list[Path] = field(default_factory=list)  # complete outputs kept by resume
     summary: Path | None = None
     warnings: list[str] = field(default_factory=list)  # suspicious but usable inputs (DICOM slice gaps)
+    merged: Path | None = None  # predict_summary.json merged from all parts, when this part finished last
 
 
 def find_folds(model_dir: Path, folds: list[str] | None, checkpoint: str | None = None) -> list[tuple[str, Path]]:
@@ -207,7 +208,7 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
                    on_case_start: Callable[[str], None] | None = None,
                    on_tile: Callable[[int, int], None] | None = None,
                    on_record: Callable[[dict[str, Any]], None] | None = None, output_format: str = "nifti",
-                   seg_codes: Path | None = None) -> PredictResult:
+                   seg_codes: Path | None = None, num_parts: int = 1, part_id: int = 0) -> PredictResult:
     """Predict every case of `input_dir` (folder, single file or DICOM series) into `output_dir`/CASE.nii.gz.
 
     `fast`: no mirroring TTA and a sliding-window step of at least 0.7 (fewer, less overlapping tiles).
@@ -218,6 +219,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     tile, `on_record(record)` with the finished case's predict_summary.json entry.
     `output_format` "dicom-seg": also CASE_seg.dcm for every DICOM series input (codes from `seg_codes`),
     written before the NIfTI for the same reason as the probabilities.
+    `num_parts`/`part_id`: predict only part `part_id` (see medmamba.shard); parts may run concurrently into
+    one `output_dir`, each with its own summary, merged into predict_summary.json by the last to finish.
     """
     import SimpleITK as sitk
 
@@ -230,6 +233,7 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     if output_format not in OUTPUT_FORMATS:
         raise MedmambaError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got '{output_format}'")
     code_map = read_code_map(seg_codes) if output_format == "dicom-seg" else {}
+    check_part(num_parts, part_id)
     _configure_cpu(threads)
     with quiet(not verbose):
         model = load_model(model_dir, folds, device, tta, step_size)
@@ -238,10 +242,17 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     cases = collect_cases(Path(input_dir), model.n_channels, series)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(output_dir)
+    summary_name = SUMMARY
+    if num_parts > 1:  # touch only this part's files: the other parts may be writing into the folder right now
+        cases = select_part(cases, num_parts, part_id, key=lambda c: c.name)
+        summary_name = part_summary_name(part_id, num_parts)
+        remove_stale_partials(output_dir, [summary_name] + [f"{c.name}{s}" for c in cases
+                                                            for s in (".nii.gz", "_probabilities.npz")])
+    else:
+        remove_stale_partials(output_dir)
     if on_start is not None:
         on_start(len(cases))
-    result = PredictResult(summary=output_dir / SUMMARY)
+    result = PredictResult(summary=output_dir / summary_name)
     import medmamba
 
     summary: dict[str, Any] = {
@@ -251,6 +262,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
         "step_size": step_size, "threads": torch.get_num_threads(), "resume": resume,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "cases": [],
     }
+    if num_parts > 1:
+        summary["part"] = {"id": part_id, "of": num_parts}
     for case in cases:
         start = time.perf_counter()
         if on_case_start is not None:
@@ -303,5 +316,7 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             on_record(record)
     summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(summary, result.summary)
+    if num_parts > 1 and parts_finished(output_dir, num_parts):
+        result.merged = merge_summaries(output_dir)
     return result
 

@@ -8,19 +8,28 @@ profile apart and no trainer lookup by name (which imports timm) is ever needed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import os
+import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import medmamba
 from medmamba.checkpoint import load_checkpoint
@@ -42,11 +51,20 @@ class MedmambaTrainer(nnUNetTrainer):
     on_iteration: Callable[[int, float], None] | None = None
     on_epoch: Callable[[dict[str, Any]], None] | None = None
     verbose: bool = False
+    # verification mode for DDP: every rank loads the same global batch and trains on rows rank::world_size
+    same_batches: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         apply_limits(plans, configuration, self.preset.get("limits", {}))
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        with warnings.catch_warnings():  # under DDP nnU-Net makes a cuda GradScaler even on a CPU; dropped below
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
+            super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            # nnU-Net assumes cuda:RANK under DDP; keep a CPU (gloo) run on the CPU, and use the rank on this
+            # node for the GPU index (the global rank is wrong on every node but the first)
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.local_rank))) \
+                if device.type == "cuda" else torch.device("cpu")
         t = self.preset["training"]
         self.initial_lr = float(t["initial_lr"])
         self.weight_decay = float(t["weight_decay"])
@@ -68,6 +86,65 @@ class MedmambaTrainer(nnUNetTrainer):
         """Build from the plan; nnU-Net calls this in training and we call it again for inference."""
         return build_network(cls.network_name, configuration_manager, num_input_channels, num_output_channels,
                              enable_deep_supervision, preset=cls.preset, plans_manager=plans_manager)
+
+    # ---- DDP ---------------------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """nnU-Net's initialize, but the DDP wrapper works on CPUs too (gloo: no device_ids, no SyncBatchNorm)."""
+        if not self.is_ddp:
+            super().initialize()
+            return
+        self.is_ddp = False  # build network, optimizer and logger config without nnU-Net's cuda-only wrapping
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._global_oversample = self.oversample_foreground_percent
+        with contextlib.redirect_stdout(io.StringIO()) if not self.verbose else dummy_context():  # "worker R ..."
+            self._set_batch_size_and_oversample()  # per-rank share of batch and oversampling
+        self.loss = self._build_loss()  # Dice terms all-gathered over ranks (ddp=True), as nnU-Net does
+        # depthwise conv weights (C, 1, k, k, k) have an ambiguous stride for the size-1 axis: harmless
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        network = self.network
+        if self.device.type == "cuda":
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        self.network = DDP(network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           find_unused_parameters=self.find_unused_parameters)
+
+    #: DDP must search for parameters without gradient (slower) only for networks that have some
+    find_unused_parameters: ClassVar[bool] = False
+
+    def get_dataloaders(self):
+        """With `same_batches`, load the whole global batch on every rank (see train_step)."""
+        if not (self.same_batches and self.is_ddp):
+            return super().get_dataloaders()
+        per_rank = self.batch_size, self.oversample_foreground_percent
+        self.batch_size, self.oversample_foreground_percent = self.configuration_manager.batch_size, \
+            self._global_oversample
+        try:
+            return super().get_dataloaders()
+        finally:
+            self.batch_size, self.oversample_foreground_percent = per_rank
+
+    def _rank_rows(self, batch: dict) -> dict:
+        """Rows rank::world_size of a global batch (the `same_batches` verification mode)."""
+        if not (self.same_batches and self.is_ddp):
+            return batch
+        rank, world = dist.get_rank(), dist.get_world_size()
+        target = batch["target"]
+        target = [t[rank::world] for t in target] if isinstance(target, list) else target[rank::world]
+        return {**batch, "data": batch["data"][rank::world], "target": target}
+
+    def validate_on_main_process(self) -> None:
+        """nnU-Net's final validation, run by rank 0 alone so that only rank 0 writes validation files."""
+        if not self.is_ddp:
+            self.perform_actual_validation(False)
+            return
+        ddp_network = self.network
+        self.network, self.is_ddp = ddp_network.module, False
+        try:
+            self.perform_actual_validation(False)
+        finally:
+            self.network, self.is_ddp = ddp_network, True
 
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -92,6 +169,7 @@ class MedmambaTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         """nnU-Net's step with the preset's AMP policy and clipping; reports each iteration."""
+        batch = self._rank_rows(batch)
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -120,8 +198,29 @@ class MedmambaTrainer(nnUNetTrainer):
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def on_train_start(self):
-        super().on_train_start()
-        write_sidecar(Path(self.output_folder_base), self)
+        """nnU-Net's on_train_start with every file write on rank 0 only (nnU-Net copies plans on all ranks)."""
+        if not self.was_initialized:
+            self.initialize()
+        if self.is_ddp:  # nnU-Net's do_split writes splits_final.json when missing: let rank 0 alone do that
+            if self.local_rank == 0:
+                self.do_split()
+            dist.barrier()
+        self.dataloader_train, self.dataloader_val = self.get_dataloaders()
+        self.set_deep_supervision_enabled(self.enable_deep_supervision)
+        if self.local_rank == 0:
+            base = Path(self.output_folder_base)
+            Path(self.output_folder).mkdir(parents=True, exist_ok=True)
+            self.print_plans()
+            self.dataset_class.unpack_dataset(self.preprocessed_dataset_folder, overwrite_existing=False,
+                                              num_processes=max(1, round(get_allowed_n_proc_DA() // 2)), verify=True)
+            save_json(self.plans_manager.plans, str(base / "plans.json"), sort_keys=False)
+            save_json(self.dataset_json, str(base / "dataset.json"), sort_keys=False)
+            shutil.copyfile(Path(self.preprocessed_dataset_folder_base) / "dataset_fingerprint.json",
+                            base / "dataset_fingerprint.json")
+            self._save_debug_information()
+            write_sidecar(base, self)
+        if self.is_ddp:
+            dist.barrier()  # the other ranks read the unpacked data only after rank 0 finished unpacking
 
     def on_epoch_end(self):
         epoch = self.current_epoch
@@ -144,7 +243,7 @@ class MedmambaTrainer(nnUNetTrainer):
         if isinstance(ckpt, str | Path):
             ckpt = load_checkpoint(ckpt, map_location=self.device)
         weights = {k[7:] if k.startswith("module.") else k: v for k, v in ckpt["network_weights"].items()}
-        self.network.load_state_dict(weights)
+        (self.network.module if self.is_ddp else self.network).load_state_dict(weights)
         self.my_init_kwargs = ckpt["init_args"]
         self.current_epoch = ckpt["current_epoch"]
         self.logger.load_checkpoint(ckpt["logging"])
@@ -160,7 +259,8 @@ class MedmambaTrainer(nnUNetTrainer):
         comparison queue at the end of a session) leaves the previous checkpoint intact to resume from."""
         tmp = f"{filename}.partial"
         super().save_checkpoint(tmp)
-        if Path(tmp).is_file():  # only rank 0 writes
+        # only rank 0 writes, so only rank 0 renames: another rank would see rank 0's half-written file
+        if self.local_rank == 0 and Path(tmp).is_file():
             Path(tmp).replace(filename)
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
