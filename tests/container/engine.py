@@ -170,11 +170,11 @@ def image_size(engine: Engine, tag: str) -> int:
     return int(res.stdout.strip())
 
 
-def image_env(engine: Engine, tag: str) -> dict[str, str]:
-    """The image's ENV, for runs that bypass the engine (bwrap)."""
-    cfg = json.loads(engine("image", "inspect", tag, check=True).stdout)[0]
-    env = (cfg.get("Config") or {}).get("Env") or cfg.get("Env") or []
-    return dict(e.split("=", 1) for e in env)
+def image_config(engine: Engine, tag: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """The image's ENV, ENTRYPOINT and CMD, for runs that bypass the engine (bwrap)."""
+    cfg = (json.loads(engine("image", "inspect", tag, check=True).stdout)[0].get("Config") or {})
+    env = dict(e.split("=", 1) for e in cfg.get("Env") or [])
+    return env, list(cfg.get("Entrypoint") or []), list(cfg.get("Cmd") or [])
 
 
 LOCKED_DOWN = ["--network", "none", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--cap-drop", "ALL",
@@ -192,8 +192,10 @@ def run_locked_down(engine: Engine, tag: str, mounts: dict[str, tuple[Path, bool
                     env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the image with the README's flags; mounts maps container path -> (host path, read_only).
 
-    Without a working `run` (use_engine False): `podman image mount` plus bwrap --unshare-all as uid 10001,
-    the same isolation (only `lo`, read-only root, tmpfs /tmp).
+    Without a working `run` (use_engine False): `podman image mount`, bwrap (as root, so that it reaches the
+    image's storage and the bind sources) with new network/pid/ipc/uts namespaces, and inside it the image's
+    own setpriv drops to uid 10001 with no capabilities and no-new-privs: the same isolation (only `lo`,
+    read-only root, tmpfs /tmp, outputs owned by 10001).
     """
     if use_engine:
         vols = [a for dst, (src, ro) in mounts.items() for a in ("-v", f"{src}:{dst}{':ro' if ro else ''}")]
@@ -204,12 +206,15 @@ def run_locked_down(engine: Engine, tag: str, mounts: dict[str, tuple[Path, bool
         return engine(*cmd, tag, *args, timeout=1800)
     root = engine("image", "mount", tag, check=True).stdout.strip()
     binds = [a for dst, (src, ro) in mounts.items() for a in ("--ro-bind" if ro else "--bind", str(src), dst)]
-    full_env = {**image_env(engine, tag), **(env or {})}
-    setenv = [a for k, v in full_env.items() for a in ("--setenv", k, v)]
-    argv = [entrypoint or "medmamba", *args]
-    bw = ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "bwrap", "--unshare-all", "--die-with-parent",
-          "--ro-bind", root, "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *binds, "--chdir", "/tmp",
-          "--clearenv", *setenv, *argv]
+    image_env, image_entry, image_cmd = image_config(engine, tag)
+    setenv = [a for k, v in {**image_env, **(env or {})}.items() for a in ("--setenv", k, v)]
+    argv = [entrypoint, *args] if entrypoint else [*image_entry, *(args or image_cmd)]
+    bw = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+          "--die-with-parent", "--ro-bind", root, "/", "--proc", "/proc", "--dev", "/dev",
+          "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm", *binds,
+          "--chdir", "/tmp", "--clearenv", *setenv,
+          "setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "--no-new-privs", "--bounding-set=-all",
+          "--inh-caps=-all", *argv]
     try:
         return subprocess.run(bw, capture_output=True, text=True, timeout=1800)
     finally:
