@@ -66,6 +66,28 @@ HOOK = textwrap.dedent('''
 ''')
 
 
+LAUNCH = """
+import json, sys
+from pathlib import Path
+from medmamba.distributed import launch_training
+result = launch_training(2, Path(sys.argv[1]), show_epochs=False, **json.loads(sys.argv[2]))
+print(json.dumps({"epochs_done": result.epochs_done, "fold_dir": str(result.fold_dir)}))
+"""
+
+
+def _launch(root: Path, **kwargs) -> dict:
+    """launch_training(2, ...) in a subprocess: the launcher's threads and sockets never enter pytest's
+    process, whose later tests fork (a fork while such a thread holds a lock hangs the child)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", LAUNCH, str(root), json.dumps(kwargs)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _workspace_sharing_data(tiny_workspace, root: Path):
     """A workspace of its own results/ that reuses the planned raw/ and preprocessed/ data."""
     from medmamba.workspace import Workspace
@@ -93,7 +115,6 @@ def _sgd(network: str) -> dict:
 
 def _launch_and_train(network, preset, iterations, tiny_workspace, tmp_path, monkeypatch):
     """Run 2 processes (audited) and 1 process; return both workspaces."""
-    from medmamba.distributed import launch_training
     from medmamba.train import train_model
 
     kwargs = dict(dataset="Tiny", network=network, fold=FOLD, preset=preset, epochs=1, iterations=iterations,
@@ -107,8 +128,7 @@ def _launch_and_train(network, preset, iterations, tiny_workspace, tmp_path, mon
     monkeypatch.setenv("MEDMAMBA_TEST_ROOT", str(two.root))
     monkeypatch.setenv("MEDMAMBA_TEST_LOG", str(log))
 
-    result = launch_training(2, two.root, show_epochs=False, **kwargs)
-    assert result is not None and result.epochs_done == 1
+    assert _launch(two.root, **kwargs)["epochs_done"] == 1
     train_model(one, **kwargs)
     return one, two
 
@@ -227,12 +247,11 @@ def test_cli_nproc_trains_and_continues(tiny_workspace, tmp_path):
 @pytest.mark.parametrize("network", ["lightm_unet", "mhs_vm", "uxlstm_enc", "lightm_unet_nossm", "uxlstm_enc_nossm"])
 def test_every_other_network_trains_under_ddp(network, tiny_workspace, tmp_path):
     """Two DDP steps on 2 CPU processes: no unused-parameter error, no broken gradient hook, rank 0 saves."""
-    from medmamba.distributed import launch_training
     from medmamba.registry import NETWORKS
 
     covered = {"nnunet", "uxlstm_bot", "vm_unet"} | {network}
     assert set(NETWORKS) <= covered | {"lightm_unet", "mhs_vm", "uxlstm_enc", "lightm_unet_nossm", "uxlstm_enc_nossm"}
     ws = _workspace_sharing_data(tiny_workspace, tmp_path / "ws")
-    result = launch_training(2, ws.root, show_epochs=False, dataset="Tiny", network=network, fold=FOLD, preset="cpu",
-                             epochs=1, iterations=2, validate=False, seed=0)
-    assert (result.fold_dir / "checkpoint_final.pth").is_file()
+    result = _launch(ws.root, dataset="Tiny", network=network, fold=FOLD, preset="cpu", epochs=1, iterations=2,
+                     validate=False, seed=0)
+    assert (Path(result["fold_dir"]) / "checkpoint_final.pth").is_file()
