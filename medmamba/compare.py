@@ -62,14 +62,12 @@ def parse_runs(networks: Sequence[str], seeds: Sequence[int]) -> list[Run]:
 
 
 def select_part(runs: Sequence[Run], num_parts: int = 1, part_id: int = 0) -> list[Run]:
-    """Runs k with k mod num_parts == part_id (nnU-Net's -num_parts/-part_id convention, in queue order).
+    """Runs k with k mod num_parts == part_id, in queue order (nnU-Net's -num_parts/-part_id convention,
+    as `predict --num-parts`). Each run belongs to exactly one part and writes its own result file, so parts
+    run as independent workers (one per GPU or node: torchrun, a SLURM array, a Kubernetes indexed Job)."""
+    from medmamba.shard import select_part as split
 
-    Each run belongs to exactly one part and writes its own result file, so parts run as independent
-    workers (one per GPU or node: torchrun, a SLURM array, a Kubernetes indexed Job) into one folder.
-    """
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise MedmambaError(f"--part-id {part_id} --num-parts {num_parts}: need 0 <= part-id < num-parts")
-    return [run for k, run in enumerate(runs) if k % num_parts == part_id]
+    return split(runs, num_parts, part_id)
 
 
 def effective_preset(network: str, profile: str, epochs: int | None, iterations: int | None) -> dict[str, Any]:

@@ -31,10 +31,11 @@ def check_part(num_parts: int, part_id: int) -> None:
         raise MedmambaError(f"--part-id must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part_id}")
 
 
-def select_part(items: Sequence[T], num_parts: int, part_id: int, key: Callable[[T], str]) -> list[T]:
-    """Items of part `part_id`: element k of the list stably sorted by `key` goes to part k mod num_parts."""
+def select_part(items: Sequence[T], num_parts: int, part_id: int, key: Callable[[T], str] | None = None) -> list[T]:
+    """Items of part `part_id`: element k of the list stably sorted by `key` (kept in order without one) goes
+    to part k mod num_parts."""
     check_part(num_parts, part_id)
-    return sorted(items, key=key)[part_id::num_parts]
+    return list(sorted(items, key=key) if key is not None else items)[part_id::num_parts]
 
 
 def part_summary_name(part_id: int, num_parts: int) -> str:

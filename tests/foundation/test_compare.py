@@ -231,7 +231,7 @@ def test_queue_parts_split_runs_without_overlap():
     parts = [select_part(runs, 3, k) for k in range(3)]
     assert sorted((r for p in parts for r in p), key=lambda r: r.seed) == runs
     assert parts[1] == [Run("nnunet", 1), Run("nnunet", 4)]
-    with pytest.raises(MedmambaError, match="need 0 <= part-id < num-parts"):
+    with pytest.raises(MedmambaError, match="--part-id must be in 0..1 for --num-parts 2"):
         select_part(runs, 2, 2)
 
 
