@@ -90,13 +90,13 @@ def mlstm_case(form: str, length: int, heads: int = 2, dh: int = 32, chunk: int 
     ig = torch.randn(1, heads, length, generator=g).requires_grad_()
     fg = (torch.randn(1, heads, length, generator=g) + 3).requires_grad_()
     fn = mlstm_parallel if form == "parallel" else lambda *t: mlstm_chunkwise(*t, chunk=chunk)
-    before = _reset_peak_kib()
+    before = reset_peak_rss_kib()
     t0 = time.perf_counter()
     out = fn(q, k, v, ig, fg)
     t1 = time.perf_counter()
     out.sum().backward()
     t2 = time.perf_counter()
-    return {"fwd": t1 - t0, "fwd_bwd": t2 - t0, "peak_mib": (_peak_kib() - before) / 1024}
+    return {"fwd": t1 - t0, "fwd_bwd": t2 - t0, "peak_mib": (peak_rss_kib() - before) / 1024}
 
 
 def _status_kib(field: str) -> int | None:
@@ -109,7 +109,7 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _reset_peak_kib() -> int:
+def reset_peak_rss_kib() -> int:
     """Current RSS, after resetting the process's peak RSS to it (Linux clear_refs "5").
 
     ru_maxrss is no good here: after fork+exec it starts at the parent's peak, so a child of a big bench
@@ -123,7 +123,7 @@ def _reset_peak_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _peak_kib() -> int:
+def peak_rss_kib() -> int:
     return _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 

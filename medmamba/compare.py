@@ -15,13 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -108,24 +106,6 @@ def existing_result(path: Path, wanted: dict[str, Any]) -> dict[str, Any] | None
     return row
 
 
-def _peak_rss_reset() -> None:
-    """Start a new high-water mark for this process (Linux); elsewhere the peak is the process's own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _source_commit() -> dict[str, Any]:
     """Commit of the source tree medmamba runs from, and whether it had uncommitted changes."""
     root = Path(__file__).resolve().parents[1]
@@ -137,16 +117,6 @@ def _source_commit() -> dict[str, Any]:
         return {"commit": head, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("torch", "nnunetv2", "medmamba"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def score_validation(fold_dir: Path, gt_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -183,25 +153,26 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
             device: str = "auto", verbose: bool = False) -> dict[str, Any]:
     """Train + validate one run (resuming an interrupted one) and return its result record."""
     from medmamba.checkpoint import load_checkpoint
+    from medmamba.kernels.bench import peak_rss_kib, reset_peak_rss_kib
     from medmamba.plan import dataset_name
+    from medmamba.report.build import versions
     from medmamba.train import model_dir, resolve_device, train_model
     from medmamba.trainers.base import SIDECAR
 
-    _peak_rss_reset()
+    reset_peak_rss_kib()
     dev = resolve_device(device)
     folder = model_dir(ws, dataset, run.network, profile, run.seed)
     fold_dir = folder / f"fold_{fold}"
     resume = any((fold_dir / c).is_file() for c in ("checkpoint_latest.pth", "checkpoint_final.pth"))
-    if resume and (folder / SIDECAR).is_file():
-        trained = json.loads((folder / SIDECAR).read_text())["preset"]
-        if preset_sha256({**trained, "training": {**trained["training"], **_budget(preset)}}) != \
-                preset_sha256(preset):
-            raise MedmambaError(f"{folder / SIDECAR}: this model was trained with another preset; remove the "
-                                "folder to start the run again")
+    # the sidecar records the preset the model trains with (budget included): resume only the same recipe
+    if resume and (folder / SIDECAR).is_file() and \
+            preset_sha256(json.loads((folder / SIDECAR).read_text())["preset"]) != preset_sha256(preset):
+        raise MedmambaError(f"{folder / SIDECAR}: this model was trained with another preset; remove the folder "
+                            "to start the run again")
     t = preset["training"]
     start = time.perf_counter()
-    result = train_model(ws, dataset, run.network, fold, profile, t["num_epochs"], t["num_iterations_per_epoch"],
-                         str(dev), continue_training=resume, validate=True, seed=run.seed, verbose=verbose)
+    result = train_model(ws, dataset, run.network, fold, preset, device=str(dev), continue_training=resume,
+                         validate=True, seed=run.seed, verbose=verbose)
     wall = time.perf_counter() - start
     if result.validation is None:
         raise MedmambaError(f"{fold_dir}: nnU-Net's validation wrote no summary.json")
@@ -222,7 +193,7 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
         "budget": {"epochs": t["num_epochs"], "iterations_per_epoch": t["num_iterations_per_epoch"],
                    "batch_size": batch, "patches": iterations * batch},
         "source": _source_commit(),
-        "versions": _versions(),
+        "versions": versions(),
         "device": str(dev),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "resumed": resume,
@@ -235,27 +206,15 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
         "train_s": train_s,
         "s_per_iteration": train_s / iterations,
         "wall_s_this_process": wall,
-        "peak_rss_mb_this_process": _peak_rss_mb(),
+        "peak_rss_mb_this_process": peak_rss_kib() / 1024,
         "curve": curve,
         "model_dir": str(folder),
     }
 
 
-def _budget(preset: dict[str, Any]) -> dict[str, Any]:
-    t = preset["training"]
-    return {"num_epochs": t["num_epochs"], "num_iterations_per_epoch": t["num_iterations_per_epoch"]}
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def estimate_seconds(output: Path, network: str, estimates: dict[str, float]) -> float | None:
@@ -279,6 +238,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
     `deadline` (a time.time() value) keeps the queue from starting a run whose estimate does not fit before
     it; `on_result(run, row, status)` reports each run as 'done', 'skipped' (result existed) or 'not started'.
     """
+    from medmamba.io import write_json_atomic
     from medmamba.plan import dataset_name
 
     output.mkdir(parents=True, exist_ok=True)
@@ -297,7 +257,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
                     on_result(run, None, f"not started ({why} before the deadline)")
                 continue
             row = run_one(ws, dataset, run, fold, profile, preset, device)
-            write_json_atomic(path, row)
+            write_json_atomic(row, path)
             status = "done"
         rows.append(row)
         if on_result is not None:

@@ -74,7 +74,8 @@ class ReportResult:
     data: ReportData
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of medmamba, Python and the packages whose behaviour a result depends on."""
     from importlib.metadata import PackageNotFoundError, version
 
     import medmamba
@@ -88,7 +89,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write under a hidden temporary name and rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.partial")
     if isinstance(data, str):
         tmp.write_text(data, encoding="utf-8")
@@ -316,7 +318,7 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     comp = comparison(cases.results, nets, baseline, cases.labels) if len(nets) > 1 else {}
     manifest: dict[str, Any] = {
         "tool": "medmamba report", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(), "platform": platform.platform(), "device": "cpu",
+        "versions": versions(), "platform": platform.platform(), "device": "cpu",
         "inputs": {"reference": str(Path(ref_dir).resolve()),
                    "predictions": {n: str(p.resolve()) for n, p in nets_dirs.items()},
                    "images": str(Path(images_dir).resolve()) if images_dir else None},
@@ -351,16 +353,16 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     page = H.render(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, html_path = out_dir / "metrics.csv", out_dir / "report.html"
-    _write_atomic(csv_path, _csv_text(cases, nets))
+    write_atomic(csv_path, _csv_text(cases, nets))
     summary_paths = {}
     for n in nets:
         p = out_dir / ("summary.json" if len(nets) == 1 else f"summary_{n}.json")
-        _write_atomic(p, json.dumps(summaries[n], indent=2))
+        write_atomic(p, json.dumps(summaries[n], indent=2))
         summary_paths[n] = p
     comp_path = None
     if len(nets) > 1:
         comp_path = out_dir / "comparison.json"
-        _write_atomic(comp_path, json.dumps({
+        write_atomic(comp_path, json.dumps({
             "baseline": baseline, "networks": nets, "labels": manifest["labels"],
             "mean_std": {n: {str(lab): {m: {"mean": s["mean"], "std": s["std"], "n": s["n"], "nan": s["nan"]}
                                         for m, s in aggs[n][lab].items()} for lab in cases.labels} for n in nets},
@@ -371,8 +373,8 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     pdf_path = None
     if pdf_bytes is not None:
         pdf_path = out_dir / "report.pdf"
-        _write_atomic(pdf_path, pdf_bytes)
-    _write_atomic(html_path, page)
+        write_atomic(pdf_path, pdf_bytes)
+    write_atomic(html_path, page)
     return ReportResult(out_dir, csv_path, summary_paths, html_path, pdf_path, comp_path, len(cases.results),
                         time.perf_counter() - t0, data)
 

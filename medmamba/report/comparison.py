@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from medmamba.errors import MedmambaError
+from medmamba.report.build import write_atomic
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _mean_of(runs: Sequence[dict[str, Any]], get: Any) -> float | None:
 
 
 def _max_of(runs: Sequence[dict[str, Any]], get: Any) -> float | None:
-    vals = [get(r) for r in runs if _finite(get(r))]
+    vals = [float(v) for v in map(get, runs) if _finite(v)]
     return max(vals) if vals else None
 
 
@@ -194,13 +195,7 @@ def replace_between_markers(document: Path, key: str, body: str) -> None:
     if not pattern.search(text):
         raise MedmambaError(f"{document}: no '{begin}' ... '{end}' markers to write the table between")
     new = pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)
-    _write_atomic(document, new.encode("utf-8"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(document, new.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -219,14 +214,14 @@ def write_comparison(folder: Path, document: Path | None = None, key: str | None
     groups = load_results(folder)
     table = results_table(groups, baseline, label_names)
     plot = Path(folder) / "dice_boxplot.png"
-    _write_atomic(plot, dice_box_plot(groups, f"{groups[0].runs[0]['protocol']['dataset']}: per-case Dice"))
+    write_atomic(plot, dice_box_plot(groups, f"{groups[0].runs[0]['protocol']['dataset']}: per-case Dice"))
     curves = []
     for g in groups:
         for r in g.runs:
             if not _finite(r["mean_dice"]) or r["mean_dice"] < curve_below:
                 path = Path(folder) / "curves" / f"{g.network}_seed{r['protocol']['seed']}.png"
                 path.parent.mkdir(exist_ok=True)
-                _write_atomic(path, curve_png(r))
+                write_atomic(path, curve_png(r))
                 curves.append(path)
     body = f"{protocol_line(groups)}\n\n{table}\n\n![per-case Dice by network]({_rel(plot, document)})"
     if curves:
