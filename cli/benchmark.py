@@ -78,7 +78,7 @@ def benchmark(
         console.print(f"patch {rows[0]['patch_size']}, batch {rows[0]['batch_size']} (train iteration)")
     if output is not None:
         tmp = output.with_name(f".{output.name}.partial")
-        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.write_text(json.dumps(rows, indent=2), encoding="utf-8")
         tmp.replace(output)
 
 
@@ -97,7 +97,7 @@ def _print_interleaved(folder: Path, names: list[str], rounds: int, threads: int
     console.print(table)
     console.print(f"train iteration at batch {rows[0]['batch_size']}" if rows else "")
     if output is not None:
-        output.write_text(json.dumps(rows, indent=2))
+        output.write_text(json.dumps(rows, indent=2), encoding="utf-8")
 
 
 def _print_profile(folder: Path, network: str, steps: int, threads: int | None, preset: str, mode: str,
@@ -118,7 +118,7 @@ def _print_profile(folder: Path, network: str, steps: int, threads: int | None, 
     console.print(table)
     console.print(f"wall {res['wall_s']:.2f} s per step (profiler on), {res['profiled_ms']:.0f} ms of self time")
     if output is not None:
-        output.write_text(json.dumps(res, indent=2))
+        output.write_text(json.dumps(res, indent=2), encoding="utf-8")
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:

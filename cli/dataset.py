@@ -57,7 +57,7 @@ def convert_msd(
 
     ws = open_workspace(workdir)
     try:
-        total = len(json.loads((task_dir / "dataset.json").read_text()).get("training", []))
+        total = len(json.loads((task_dir / "dataset.json").read_text(encoding="utf-8")).get("training", []))
     except (OSError, ValueError):
         total = None
     with progress_bar() as bar:

@@ -45,7 +45,7 @@ def convert_msd(task_dir: Path, raw_dir: Path, dataset_id: int | None = None, ov
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: missing; not an MSD task folder")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_path}: invalid JSON ({exc})") from None
     for key in ("modality", "labels", "training"):

@@ -62,5 +62,5 @@ def write_dataset_json(folder: Path, channel_names: dict[str, str], labels: dict
         **extra,
     }
     tmp = folder / "dataset.json.tmp"
-    tmp.write_text(json.dumps(content, indent=2))
+    tmp.write_text(json.dumps(content, indent=2), encoding="utf-8")
     tmp.replace(folder / "dataset.json")

@@ -101,7 +101,7 @@ def mlstm_case(form: str, length: int, heads: int = 2, dh: int = 32, chunk: int 
 
 def _status_kib(field: str) -> int | None:
     try:
-        for line in open("/proc/self/status"):
+        for line in open("/proc/self/status", encoding="utf-8"):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
@@ -116,7 +116,7 @@ def reset_peak_rss_kib() -> int:
     process reports no growth at all. VmHWM belongs to this process image and can be reset.
     """
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")
         return _status_kib("VmRSS") or 0
     except OSError:
@@ -132,7 +132,8 @@ def mlstm_rows(threads: int) -> list[tuple]:
     for form, length in (("parallel", 4096), ("chunkwise", 4096), ("chunkwise", 32768)):
         cmd = [sys.executable, "-m", "medmamba.kernels.bench", "--mlstm-case", f"{form}:{length}",
                "--threads", str(threads)]
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        res = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True, encoding="utf-8").stdout.splitlines()[-1])
         rows.append((form, length, res))
     return rows
 

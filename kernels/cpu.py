@@ -55,7 +55,7 @@ def arch_flags() -> list[str]:
         return []
     try:
         cpu_flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("flags"):
                 cpu_flags = set(line.split(":", 1)[1].split())
                 break
@@ -114,7 +114,7 @@ def _import_library(name: str, path: Path) -> Any:
 
 def _load_prebuilt(folder: Path, ident: dict[str, Any]) -> Any:
     """Check the manifest against this source and the library's own hash, then import it (read-only safe)."""
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     for key in ("source_sha256", "torch", "flags"):
         if manifest.get(key) != ident[key]:
             raise RuntimeError(f"{folder / MANIFEST}: built for another {key} ({manifest.get(key)!r}, this install "
@@ -153,7 +153,7 @@ def _build(stem: str, verbose: bool) -> tuple[Any, Path]:
         lib = work / f"{ident['name']}.so"
         manifest = {k: ident[k] for k in ("source_sha256", "torch", "flags")}
         manifest.update(library=lib.name, library_sha256=_sha256(lib))
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for leftover in work.iterdir():
             if leftover.name not in (lib.name, MANIFEST):
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()

@@ -55,8 +55,8 @@ def _build(network: str, model_source: Path, deep_supervision: bool, profile: st
 
     from medmamba.trainers.base import make_trainer
 
-    plans = json.loads((model_source / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((model_source / "dataset.json").read_text())
+    plans = json.loads((model_source / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    dataset_json = json.loads((model_source / "dataset.json").read_text(encoding="utf-8"))
     trainer = make_trainer(network, profile)
     from medmamba.trainers.base import apply_limits
 
@@ -185,7 +185,8 @@ def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int
             name, overrides = parse_network_spec(spec)
             cmd = [sys.executable, "-m", "medmamba.benchmark", name, str(preprocessed_dir), str(repeats),
                    str(threads or 0), profile]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **overrides})
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **overrides},
+                encoding="utf-8")
             if proc.returncode == 0:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
@@ -392,7 +393,7 @@ def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, thread
     """`profile_one` in a fresh subprocess (same isolation as `benchmark_networks`); raises on failure."""
     cmd = [sys.executable, "-m", "medmamba.benchmark", network, str(preprocessed_dir), str(steps), str(threads or 0),
            profile, mode]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")
     if proc.returncode != 0:
         raise RuntimeError(f"profiling {network} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -219,9 +219,9 @@ def export_bundle(model_dir: Path, out: Path, folds: list[str] | None = None, ch
             raise MedmambaError(f"{model_dir / name}: missing; not a trained medmamba model folder")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: exists (use --overwrite)")
-    plans = json.loads((model_dir / "plans.json").read_text())
-    dataset_json = json.loads((model_dir / "dataset.json").read_text())
-    info = json.loads((model_dir / SIDECAR).read_text())
+    plans = json.loads((model_dir / "plans.json").read_text(encoding="utf-8"))
+    dataset_json = json.loads((model_dir / "dataset.json").read_text(encoding="utf-8"))
+    info = json.loads((model_dir / SIDECAR).read_text(encoding="utf-8"))
     files: dict[str, bytes] = {
         "plans.json": (model_dir / "plans.json").read_bytes(),
         "dataset.json": (model_dir / "dataset.json").read_bytes(),
@@ -238,7 +238,7 @@ def export_bundle(model_dir: Path, out: Path, folds: list[str] | None = None, ch
                                  "source_checkpoint_sha256": sha256(ckpt_path.read_bytes())}
         val = ckpt_path.parent / "validation" / "summary.json"
         if val.is_file():
-            summary = json.loads(val.read_text())
+            summary = json.loads(val.read_text(encoding="utf-8"))
             entry["validation"] = {"foreground_mean": summary.get("foreground_mean"), "mean": summary.get("mean"),
                                    "n_cases": len(summary.get("metric_per_case", []))}
         fold_info.append(entry)

@@ -98,7 +98,7 @@ def existing_result(path: Path, wanted: dict[str, Any]) -> dict[str, Any] | None
     """The stored result when it is this protocol's; an error when the file belongs to another protocol."""
     if not path.is_file():
         return None
-    row = json.loads(path.read_text())
+    row = json.loads(path.read_text(encoding="utf-8"))
     differs = [k for k in PROTOCOL_KEYS if row.get("protocol", {}).get(k) != wanted[k]]
     if differs:
         raise MedmambaError(f"{path}: a result of another protocol ({', '.join(differs)} differ); "
@@ -111,9 +111,9 @@ def _source_commit() -> dict[str, Any]:
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+                              check=True, encoding="utf-8").stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip() != ""
+                               capture_output=True, text=True, check=True, encoding="utf-8").stdout.strip() != ""
         return {"commit": head, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
@@ -125,7 +125,7 @@ def score_validation(fold_dir: Path, gt_dir: Path) -> dict[str, dict[str, dict[s
     from medmamba.metrics import case_metrics
     from medmamba.report.cases import read_volume
 
-    summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
+    summary = json.loads((fold_dir / "validation" / "summary.json").read_text(encoding="utf-8"))
     cases: dict[str, dict[str, dict[str, float]]] = {}
     for entry in summary["metric_per_case"]:
         pred_path = Path(entry["prediction_file"])
@@ -166,7 +166,8 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
     resume = any((fold_dir / c).is_file() for c in ("checkpoint_latest.pth", "checkpoint_final.pth"))
     # the sidecar records the preset the model trains with (budget included): resume only the same recipe
     if resume and (folder / SIDECAR).is_file() and \
-            preset_sha256(json.loads((folder / SIDECAR).read_text())["preset"]) != preset_sha256(preset):
+            preset_sha256(json.loads(
+                (folder / SIDECAR).read_text(encoding="utf-8"))["preset"]) != preset_sha256(preset):
         raise MedmambaError(f"{folder / SIDECAR}: this model was trained with another preset; remove the folder "
                             "to start the run again")
     t = preset["training"]
@@ -179,11 +180,12 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
     log = load_checkpoint(fold_dir / "checkpoint_final.pth")["logging"]
     curve = _curve(log)
     iterations = t["num_epochs"] * t["num_iterations_per_epoch"]
-    batch = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["batch_size"]
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+    batch = plans["configurations"]["3d_fullres"]["batch_size"]
     train_s = sum(curve["epoch_s"])
     cases = score_validation(fold_dir, ws.preprocessed / dataset_name(dataset) / "gt_segmentations")
     labels = sorted({lab for c in cases.values() for lab in c}, key=int)
-    names = json.loads((folder / "dataset.json").read_text()).get("labels", {})
+    names = json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("labels", {})
     mean_label = {lab: {m: _mean([c[lab][m] for c in cases.values()]) for m in ("dice", "hd95_mm")}
                   for lab in labels}
     return {
@@ -222,7 +224,7 @@ def estimate_seconds(output: Path, network: str, estimates: dict[str, float]) ->
     else the caller's estimate (seconds); None when neither is known."""
     walls = []
     for p in output.glob(f"{network}_seed*.json"):
-        row = json.loads(p.read_text())
+        row = json.loads(p.read_text(encoding="utf-8"))
         if row.get("protocol", {}).get("network") == network and not row.get("resumed"):
             walls.append(float(row["wall_s_this_process"]))
     return max(walls) if walls else estimates.get(network)

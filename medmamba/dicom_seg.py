@@ -33,7 +33,7 @@ def read_code_map(path: Path | None) -> dict[str, dict[str, tuple[str, str, str]
         return {}
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MedmambaError(f"{path}: unreadable segment code map ({exc})") from None
     if not isinstance(raw, dict):

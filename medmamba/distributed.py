@@ -160,7 +160,7 @@ def _check_plan_fits(workdir: Path, nproc: int, train_kwargs: dict[str, Any]) ->
     if not isinstance(preset, dict):
         profile = resolve_profile(preset, resolve_device(train_kwargs.get("device", "auto")))
         preset = load_preset(train_kwargs.get("network", "nnunet"), profile)
-    batch = int(json.loads(plans.read_text())["configurations"][CONFIGURATION]["batch_size"])
+    batch = int(json.loads(plans.read_text(encoding="utf-8"))["configurations"][CONFIGURATION]["batch_size"])
     batch = min(batch, int(preset.get("limits", {}).get("max_batch_size", batch)))
     if nproc > batch:
         raise MedmambaError(f"--nproc {nproc}: the global batch size is {batch} ({preset['profile']} preset); it is "

@@ -45,6 +45,6 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, output_file: Path | None = N
         output_file = Path(output_file)
         output_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = output_file.with_name(f".{output_file.name}.partial")
-        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         tmp.replace(output_file)
     return summary

@@ -554,7 +554,7 @@ def write_json_atomic(obj: Any, path: Path) -> None:
     """JSON written under a temporary name and renamed: readers never see half a file."""
     path = Path(path)
     tmp = partial_name(path)
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -97,7 +97,7 @@ def plan_dataset(ws: Workspace, dataset: str | int, num_processes: int = 1, veri
 
 def summarize_plan(plans_file: Path) -> PlanSummary:
     """Read the planned 3d_fullres configuration back from nnU-Net's plans file."""
-    plans = json.loads(Path(plans_file).read_text())
+    plans = json.loads(Path(plans_file).read_text(encoding="utf-8"))
     cfg = plans["configurations"][CONFIGURATION]
     arch = cfg["architecture"]
     return PlanSummary(

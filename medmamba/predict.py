@@ -94,9 +94,9 @@ def _read_model_folder(model_dir: Path, folds: list[str] | None, checkpoint: str
             raise MedmambaError(f"{model_dir / required}: missing; not a trained model folder or bundle")
     if not (model_dir / SIDECAR).is_file():
         raise MedmambaError(f"{model_dir / SIDECAR}: missing; not a medmamba model folder")
-    info = json.loads((model_dir / SIDECAR).read_text())
-    plans = json.loads((model_dir / "plans.json").read_text())
-    dataset_json = json.loads((model_dir / "dataset.json").read_text())
+    info = json.loads((model_dir / SIDECAR).read_text(encoding="utf-8"))
+    plans = json.loads((model_dir / "plans.json").read_text(encoding="utf-8"))
+    dataset_json = json.loads((model_dir / "dataset.json").read_text(encoding="utf-8"))
     weights, mirror_axes = [], None
     for fold, ckpt_path in find_folds(model_dir, folds, checkpoint):
         ckpt = load_checkpoint(ckpt_path)

@@ -63,7 +63,7 @@ def load_preset(network: str, profile: str = "default") -> dict[str, Any]:
     path = resources.files("medmamba.plans") / file
     if not path.is_file():
         raise FileNotFoundError(f"plans/{file}: missing (have: {', '.join(available_presets())})")
-    raw = json.loads(path.read_text())
+    raw = json.loads(path.read_text(encoding="utf-8"))
     _unknown(raw, FILE_KEYS, "the file", file)
     _unknown(raw.get("training", {}), set(TRAINING_DEFAULTS), "training", file)
     resolved = {

@@ -60,7 +60,7 @@ def _read_parts(output_dir: Path) -> tuple[int, dict[int, dict[str, Any]]]:
     for k in sorted(found):
         path = Path(output_dir) / part_summary_name(k, total)
         try:
-            parts[k] = json.loads(path.read_text())
+            parts[k] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise MedmambaError(f"{path}: unreadable part summary ({exc})") from None
     return total, parts
@@ -70,7 +70,7 @@ def parts_finished(output_dir: Path, num_parts: int) -> bool:
     """True when all `num_parts` part summaries exist and each says its part finished."""
     names = [Path(output_dir) / part_summary_name(k, num_parts) for k in range(num_parts)]
     try:
-        return all(json.loads(p.read_text()).get("finished") for p in names)
+        return all(json.loads(p.read_text(encoding="utf-8")).get("finished") for p in names)
     except (OSError, json.JSONDecodeError):
         return False
 

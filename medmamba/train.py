@@ -131,8 +131,8 @@ def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, pre
     plans_file = ws.preprocessed / name / f"{PLANS_NAME}.json"
     if not plans_file.is_file():
         raise MedmambaError(f"{plans_file}: missing; run `medmamba plan {name}` first")
-    plans = json.loads(plans_file.read_text())
-    dataset_json = json.loads((ws.preprocessed / name / "dataset.json").read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    dataset_json = json.loads((ws.preprocessed / name / "dataset.json").read_text(encoding="utf-8"))
     if isinstance(preset, dict):  # a resolved preset (load_preset's output, possibly edited): used as given
         trainer_cls = make_trainer(network, str(preset["profile"]), preset=preset, seed=seed)
     else:
@@ -172,7 +172,7 @@ def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, pre
             with quiet(not verbose):
                 trainer.validate_on_main_process()
             summary = fold_dir / "validation" / "summary.json"
-            validation = json.loads(summary.read_text()) if summary.is_file() else None
+            validation = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
     if not main:
         return TrainResult(Path(trainer.output_folder_base), fold_dir, trainer.current_epoch, None, [])
     from medmamba.report.training import unlearnt_labels, write_training_report

@@ -59,7 +59,7 @@ def load_results(folder: Path) -> list[NetworkRuns]:
     protocols = set()
     for path in files:
         try:
-            row = json.loads(path.read_text())
+            row = json.loads(path.read_text(encoding="utf-8"))
             net = row["protocol"]["network"]
             protocols.add(tuple((k, v) for k, v in row["protocol"].items() if k not in ("network", "seed",
                                                                                        "preset_sha256")))

@@ -54,7 +54,7 @@ def parse_training_logs(fold_dir: Path) -> TrainingLog:
     final = None
     for path in files:
         epoch = None
-        for raw in path.read_text(errors="replace").splitlines():
+        for raw in path.read_text(errors="replace", encoding="utf-8").splitlines():
             m = _LINE.match(raw)
             if not m:
                 continue
@@ -120,13 +120,14 @@ def unlearnt_labels(fold_dir: Path, threshold: float = UNLEARNT_DICE) -> list[st
     names: dict[str, str] = {}
     dataset_json = fold.parent / "dataset.json"
     if dataset_json.is_file():
-        names = {str(v): k for k, v in json.loads(dataset_json.read_text()).get("labels", {}).items()
+        names = {str(v): k for k, v in json.loads(dataset_json.read_text(encoding="utf-8")).get("labels", {}).items()
                  if isinstance(v, int)}
     scores: dict[str, float] = {}
     source = "validation Dice"
     summary = fold / "validation" / "summary.json"
     if summary.is_file():
-        scores = {str(k): float(v["Dice"]) for k, v in json.loads(summary.read_text()).get("mean", {}).items()}
+        scores = {str(k): float(v["Dice"]) for k, v in json.loads(
+            summary.read_text(encoding="utf-8")).get("mean", {}).items()}
     else:
         log = parse_training_logs(fold)
         scores = {str(i + 1): float(d) for i, d in enumerate(log.pseudo_dice[-1])}

@@ -352,6 +352,6 @@ def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
         "medmamba_version": medmamba.__version__,
     }
     tmp = model_dir / (SIDECAR + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
     tmp.replace(model_dir / SIDECAR)
 

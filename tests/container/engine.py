@@ -65,7 +65,8 @@ def find_engine() -> tuple[Engine | None, str]:
 
 def _pip_settings() -> dict[str, str]:
     """pip's effective settings here (every config file and PIP_* variable), later scopes winning."""
-    out = subprocess.run(["python3", "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["python3", "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60,
+        encoding="utf-8")
     settings: dict[str, dict[str, str]] = {"global": {}, "env": {}}
     for line in out.stdout.splitlines():
         m = re.match(r"^(?P<scope>[^.]*)\.(?P<key>[^=]+)='(?P<value>.*)'$", line.strip())
@@ -97,7 +98,7 @@ def build_mounts(workdir: Path) -> list[str]:
     text = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
     conf = Path(tempfile.gettempdir()) / f"medmamba-build-pip-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
     if not conf.is_file():
-        conf.write_text(text)
+        conf.write_text(text, encoding="utf-8")
     mounts = ["-v", f"{conf}:/etc/pip.conf:ro"]
     seen = set()
     cas = [os.environ.get(v) for v in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
@@ -216,6 +217,6 @@ def run_locked_down(engine: Engine, tag: str, mounts: dict[str, tuple[Path, bool
           "setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "--no-new-privs", "--bounding-set=-all",
           "--inh-caps=-all", *argv]
     try:
-        return subprocess.run(bw, capture_output=True, text=True, timeout=1800)
+        return subprocess.run(bw, capture_output=True, text=True, timeout=1800, encoding="utf-8")
     finally:
         engine("image", "unmount", tag)

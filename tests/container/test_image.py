@@ -31,9 +31,9 @@ REPORT = Path(os.environ.get("MEDMAMBA_CONTAINER_REPORT", "/tmp/medmamba_contain
 
 def _record(**values: object) -> None:
     """Measurements (image size, build and predict times) for docker/README.md, merged into one JSON file."""
-    data = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
+    data = json.loads(REPORT.read_text(encoding="utf-8")) if REPORT.is_file() else {}
     data.update(values)
-    REPORT.write_text(json.dumps(data, indent=2))
+    REPORT.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -117,7 +117,7 @@ def _predict_host(bundle: Path, inputs: Path, out: Path) -> tuple[subprocess.Com
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "medmamba.cli", "predict", "-i", str(inputs), "-o", str(out), "-m",
                            str(bundle), "--device", "cpu"], capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "MEDMAMBA_REQUIRE_COMPILED_KERNEL": "1"})
+                          env={**os.environ, "MEDMAMBA_REQUIRE_COMPILED_KERNEL": "1"}, encoding="utf-8")
     return proc, time.perf_counter() - start
 
 
@@ -141,7 +141,8 @@ def runs(engine, image, use_engine, lightm_bundle, inputs, tmp_path_factory) -> 
     if use_engine:
         diff = engine("diff", name).stdout
         engine("rm", "-f", name)
-    summaries = {k: json.loads((d / "predict_summary.json").read_text()) for k, d in (("host", host_out),
+    summaries = {k: json.loads(
+        (d / "predict_summary.json").read_text(encoding="utf-8")) for k, d in (("host", host_out),
                                                                                        ("container", out))}
     _record(host_predict_seconds=round(host_seconds, 1), container_predict_seconds=round(seconds, 1),
             host_case_seconds={c["case"]: c["seconds"] for c in summaries["host"]["cases"]},
@@ -217,7 +218,7 @@ def test_bad_input_gives_its_one_line_error(engine, image, use_engine, lightm_bu
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "/input/broken_0000.nii.gz" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    summary = json.loads((out / "predict_summary.json").read_text())
+    summary = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     assert summary["n_failed"] == 1 and summary["n_ok"] == len(list(inputs.glob("*_0000.nii.gz")))
     assert not (out / "broken.nii.gz").exists()
 

@@ -24,7 +24,7 @@ def run(workdir: str, dataset: str, nproc: int, threads: int, iterations: int, f
     cmd = [sys.executable, "-m", "medmamba.cli", "train", dataset, "--fold", str(fold), "--epochs", "1",
            "--iterations", str(iterations), "--no-validate", "--workdir", workdir, "--nproc", str(nproc)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, encoding="utf-8")
     if proc.returncode:
         sys.exit(proc.stderr[-2000:])
     return time.perf_counter() - start

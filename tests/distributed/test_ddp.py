@@ -83,7 +83,7 @@ def _launch(root: Path, **kwargs) -> dict:
     import sys
 
     proc = subprocess.run([sys.executable, "-c", LAUNCH, str(root), json.dumps(kwargs)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -122,7 +122,7 @@ def _launch_and_train(network, preset, iterations, tiny_workspace, tmp_path, mon
     one = _workspace_sharing_data(tiny_workspace, tmp_path / "one")
     two = _workspace_sharing_data(tiny_workspace, tmp_path / "two")
     (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
+    (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK, encoding="utf-8")
     log = tmp_path / "audit"
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hook"), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MEDMAMBA_TEST_ROOT", str(two.root))
@@ -175,7 +175,7 @@ def test_adamw_first_step_gradient_of_two_processes_equals_one(tiny_workspace, t
 def _only_rank0_wrote(one, two, tmp_path) -> None:
     """Rank 1 was watched (it read the plans) and wrote nothing; both folders hold the same files."""
     assert (tmp_path / "audit.read.1").is_file(), "audit hook not active in rank 1"
-    assert not (tmp_path / "audit.write.1").exists(), (tmp_path / "audit.write.1").read_text()
+    assert not (tmp_path / "audit.write.1").exists(), (tmp_path / "audit.write.1").read_text(encoding="utf-8")
     assert _listing(one) == _listing(two)
 
 
@@ -191,9 +191,9 @@ def _initial_weights(ws, network: str, preset: str | dict) -> dict[str, torch.Te
     from medmamba.trainers.base import apply_limits, make_trainer
 
     trainer = make_trainer(network, "cpu", preset=preset if isinstance(preset, dict) else None)
-    plans = json.loads((ws.preprocessed / "Dataset500_Tiny" / "nnUNetPlans.json").read_text())
+    plans = json.loads((ws.preprocessed / "Dataset500_Tiny" / "nnUNetPlans.json").read_text(encoding="utf-8"))
     apply_limits(plans, CONFIGURATION, trainer.preset.get("limits", {}))
-    dataset_json = json.loads((ws.preprocessed / "Dataset500_Tiny" / "dataset.json").read_text())
+    dataset_json = json.loads((ws.preprocessed / "Dataset500_Tiny" / "dataset.json").read_text(encoding="utf-8"))
     pm = PlansManager(plans)
     cm = pm.get_configuration(CONFIGURATION)
     seed_everything(0)
@@ -224,13 +224,14 @@ def test_cli_nproc_trains_and_continues(tiny_workspace, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "medmamba.cli", "train", "Tiny", "--nproc", "2", "--fold", "1", "--iterations", "2",
             "--no-validate", "--workdir", str(ws.root)]
-    first = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=900)
+    first = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=900,
+        encoding="utf-8")
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("epoch 0: train loss") == 1, first.stdout  # printed by rank 0 only
     fold = ws.results / "Dataset500_Tiny" / "MedmambaTrainer_cpu__nnUNetPlans__3d_fullres" / "fold_1"
     saved = load_checkpoint(fold / "checkpoint_final.pth")
     second = subprocess.run([*base, "--epochs", "2", "--continue"], capture_output=True, text=True, env=env,
-                            timeout=900)
+                            timeout=900, encoding="utf-8")
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = load_checkpoint(fold / "checkpoint_final.pth")
     assert (saved["current_epoch"], resumed["current_epoch"]) == (1, 2)
@@ -239,7 +240,7 @@ def test_cli_nproc_trains_and_continues(tiny_workspace, tmp_path):
 
     bad = subprocess.run([sys.executable, "-m", "medmamba.cli", "train", "Tiny", "--nproc", "3", "--fold", "2",
                           "--epochs", "1", "--no-validate", "--workdir", str(ws.root)], capture_output=True, text=True,
-                         env=env, timeout=900)
+                         env=env, timeout=900, encoding="utf-8")
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "--nproc 3: the global batch size is 2" in bad.stderr
 

@@ -20,14 +20,14 @@ def _run_slurm(tmp_path: Path, **slurm_env: str) -> tuple[subprocess.CompletedPr
     stub_dir.mkdir(exist_ok=True)
     record = tmp_path / "args.txt"
     stub = stub_dir / "medmamba"
-    stub.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{record}"\n')
+    stub.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{record}"\n', encoding="utf-8")
     stub.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(PATH=f"{stub_dir}{os.pathsep}{env.get('PATH', '')}", INPUT="/in", OUTPUT="/out", MODEL="/m",
                **slurm_env)
     proc = subprocess.run([shutil.which("bash") or "/bin/bash", str(SLURM)], env=env, capture_output=True,
-                          text=True, timeout=30)
-    args = record.read_text().splitlines() if record.is_file() else []
+                          text=True, timeout=30, encoding="utf-8")
+    args = record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
     return proc, args
 
 
@@ -58,7 +58,7 @@ def test_slurm_script_outside_an_array_says_why(tmp_path):
 
 def test_k8s_indexed_job_parses_and_shards_by_completion_index():
     yaml = pytest.importorskip("yaml")
-    job = yaml.safe_load(K8S.read_text())
+    job = yaml.safe_load(K8S.read_text(encoding="utf-8"))
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"

@@ -46,7 +46,7 @@ def test_train_writes_nnunet_results_folder(trained):
     assert list(fold.glob("training_log_*.txt"))
     for name in ("plans.json", "dataset.json", "medmamba.json"):
         assert (model_dir / name).is_file(), name
-    assert json.loads((model_dir / "medmamba.json").read_text())["network"] == "nnunet"
+    assert json.loads((model_dir / "medmamba.json").read_text(encoding="utf-8"))["network"] == "nnunet"
 
 
 def test_continue_resumes_at_saved_epoch(trained):
@@ -85,7 +85,7 @@ def test_predict_keeps_geometry_and_evaluate_computes_dice(trained, tmp_path):
         assert pred.get_data_dtype() == np.uint8
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
     res = run_cli("evaluate", str(refs), str(out))
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert set(summary) >= {"metric_per_case", "mean", "foreground_mean"}
     assert len(summary["metric_per_case"]) == 2
     assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0

@@ -65,7 +65,7 @@ def test_a_result_of_another_protocol_is_refused_not_overwritten(tmp_path):
     run = Run("nnunet", 0)
     short = protocol("Dataset004_Hippocampus", run, 0, "short", effective_preset("nnunet", "short", None, None))
     path = tmp_path / run.filename
-    path.write_text(json.dumps({"protocol": short}))
+    path.write_text(json.dumps({"protocol": short}), encoding="utf-8")
     assert existing_result(path, short) is not None
     longer = protocol("Dataset004_Hippocampus", run, 0, "short", effective_preset("nnunet", "short", 7, None))
     with pytest.raises(MedmambaError, match="another protocol \\(epochs, preset_sha256 differ\\)"):
@@ -98,7 +98,7 @@ def test_compare_skips_finished_runs_and_resumes_a_killed_one(tiny_workspace, tm
 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    row = json.loads((out / "nnunet_seed3.json").read_text())
+    row = json.loads((out / "nnunet_seed3.json").read_text(encoding="utf-8"))
     assert row["resumed"] is True
     assert len(row["curve"]["train_loss"]) == 3 and len(row["curve"]["epoch_s"]) == 3
     from medmamba.checkpoint import load_checkpoint
@@ -114,7 +114,8 @@ def test_compare_skips_finished_runs_and_resumes_a_killed_one(tiny_workspace, tm
     stamp = final.stat().st_mtime_ns
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "nnunet seed 3: skipped" in again.output
-    assert final.stat().st_mtime_ns == stamp and json.loads((out / "nnunet_seed3.json").read_text()) == row
+    assert final.stat().st_mtime_ns == stamp and json.loads(
+        (out / "nnunet_seed3.json").read_text(encoding="utf-8")) == row
 
 
 def _fake_result(network: str, seed: int, level: float, rng: np.random.Generator, n_cases: int = 12) -> dict:
@@ -147,22 +148,25 @@ def test_table_box_plot_and_curves_are_rebuilt_from_result_files(tmp_path):
     folder.mkdir()
     for network, seed, level in (("nnunet", 0, 0.83), ("nnunet", 1, 0.81), ("nnunet", 2, 0.84),
                                  ("mhs_vm", 0, 0.60), ("uxlstm_bot", 0, 0.83)):
-        (folder / f"{network}_seed{seed}.json").write_text(json.dumps(_fake_result(network, seed, level, rng)))
+        (folder / f"{network}_seed{seed}.json").write_text(json.dumps(_fake_result(network, seed, level, rng)),
+                                                           encoding="utf-8")
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# B\nbefore\n<!-- results:hippocampus begin -->\nstale\n<!-- results:hippocampus end -->\nafter\n")
+    doc.write_text("# B\nbefore\n<!-- results:hippocampus begin -->\nstale\n<!-- results:hippocampus end -->\nafter\n",
+                   encoding="utf-8")
 
     res = CliRunner().invoke(app, ["compare-table", str(folder), "--document", str(doc)])
     assert res.exit_code == 0, res.output
-    text = doc.read_text()
+    text = doc.read_text(encoding="utf-8")
     assert text.startswith("# B\nbefore\n") and text.endswith("after\n") and "stale" not in text
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
             if line.startswith("| ") and "network" not in line}
     assert list(rows) == ["nnunet", "mhs_vm", "uxlstm_bot"]  # registry order
     assert rows["nnunet"][1] == "0,1,2" and "(sd " in rows["nnunet"][3]
     assert "Dice anterior" in text and "Dice posterior" in text
-    nn_mean = np.mean([json.loads((folder / f"nnunet_seed{s}.json").read_text())["mean_dice"] for s in range(3)])
+    nn_mean = np.mean([json.loads((folder / f"nnunet_seed{s}.json").read_text(encoding="utf-8"))["mean_dice"]
+                       for s in range(3)])
     assert rows["nnunet"][2] == f"**{nn_mean:.3f}**"
-    mhs = json.loads((folder / "mhs_vm_seed0.json").read_text())["mean_dice"]
+    mhs = json.loads((folder / "mhs_vm_seed0.json").read_text(encoding="utf-8"))["mean_dice"]
     assert rows["mhs_vm"][7] == f"{mhs - nn_mean:+.3f}"
     assert rows["mhs_vm"][8].startswith("<0.001") and rows["mhs_vm"][8].endswith("(n=12)")  # 12/12 lower
     assert "2100 patches" in text and "(hippocampus/dice_boxplot.png)" in text
@@ -173,7 +177,7 @@ def test_table_box_plot_and_curves_are_rebuilt_from_result_files(tmp_path):
             assert im.size[0] > 300 and im.size[1] > 200
 
     again = CliRunner().invoke(app, ["compare-table", str(folder), "--document", str(doc)])
-    assert again.exit_code == 0 and doc.read_text() == text  # regenerating is idempotent
+    assert again.exit_code == 0 and doc.read_text(encoding="utf-8") == text  # regenerating is idempotent
 
 
 def test_compare_table_refuses_mixed_protocols_and_empty_folders(tmp_path):
@@ -185,8 +189,8 @@ def test_compare_table_refuses_mixed_protocols_and_empty_folders(tmp_path):
     a = _fake_result("nnunet", 0, 0.8, rng)
     b = _fake_result("nnunet", 1, 0.8, rng)
     b["protocol"]["fold"] = 1
-    (folder / "nnunet_seed0.json").write_text(json.dumps(a))
-    (folder / "nnunet_seed1.json").write_text(json.dumps(b))
+    (folder / "nnunet_seed0.json").write_text(json.dumps(a), encoding="utf-8")
+    (folder / "nnunet_seed1.json").write_text(json.dumps(b), encoding="utf-8")
     res = CliRunner().invoke(app, ["compare-table", str(folder)])
     assert res.exit_code == 1 and "different protocols" in res.output
 
@@ -245,7 +249,8 @@ def test_two_compare_workers_share_one_queue_and_one_folder(tiny_workspace, tmp_
             "--preset", "cpu", "--device", "cpu", "-o", str(out), "--workdir", str(ws)]
     procs = [subprocess.Popen([sys.executable, "-m", "medmamba.cli", *args],
                               env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(k), "WORLD_SIZE": "2"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(2)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8")
+             for k in range(2)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert "run nnunet seed 0: done" in logs[0] and "seed 1" not in logs[0]

@@ -16,5 +16,6 @@ def test_importing_medmamba_changes_no_environment_variable():
             "print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after) "
             "if before.get(k) != after.get(k)}))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "MPLBACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+        encoding="utf-8")
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {}

@@ -35,7 +35,7 @@ LAYERS = {
 
 
 def _modules() -> dict[str, Path]:
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-dir"]
     out = {}
     for package, folder in mapping.items():
         for path in (ROOT / folder).rglob("*.py"):
@@ -54,7 +54,7 @@ def layer(module: str) -> int:
 
 
 def _imports(name: str, path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
@@ -89,7 +89,8 @@ def test_imports_only_its_own_or_lower_layers(module):
 
 def test_an_upward_import_is_caught(tmp_path):
     fake = tmp_path / "fake.py"
-    fake.write_text("from ..trainers.base import make_trainer\nimport medmamba.cli.main\nfrom . import blocks\n")
+    fake.write_text("from ..trainers.base import make_trainer\nimport medmamba.cli.main\nfrom . import blocks\n",
+        encoding="utf-8")
     found = _imports("medmamba.nets.fake", fake)
     assert "medmamba.trainers.base" in found and "medmamba.cli.main" in found and "medmamba.nets.blocks" in found
     assert [m for m in found if layer(m) > layer("medmamba.nets.fake")] == [

@@ -31,7 +31,7 @@ def _fabricate_msd(root, n_cases=2, channels=2, bad_label=False):
     modality = {"0": "FLAIR", "1": "T1w"} if channels == 2 else {"0": "CT"}
     meta = {"name": "Fake", "modality": modality, "labels": {"0": "background", "1": "edema", "2": "tumour"},
             "numTraining": n_cases, "training": training, "test": []}
-    (task / "dataset.json").write_text(json.dumps(meta))
+    (task / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return task
 
 
@@ -39,7 +39,7 @@ def test_4d_two_channel_split_and_dataset_json(tmp_path):
     task = _fabricate_msd(tmp_path)
     out = convert_msd(task, tmp_path / "raw")
     assert out.name == "Dataset007_Fake"
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "FLAIR", "1": "T1w"}
     assert meta["labels"] == {"background": 0, "edema": 1, "tumour": 2}
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
@@ -71,5 +71,5 @@ def test_hippocampus_converts(tmp_path, hippocampus_dir):
     out = convert_msd(hippocampus_dir, tmp_path / "raw")
     assert out.name == "Dataset004_Hippocampus"
     assert len(list((out / "imagesTr").glob("*_0000.nii.gz"))) == 200
-    assert json.loads((out / "dataset.json").read_text())["labels"] == {"background": 0, "Anterior": 1,
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["labels"] == {"background": 0, "Anterior": 1,
                                                                          "Posterior": 2}

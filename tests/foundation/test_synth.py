@@ -23,7 +23,7 @@ def test_same_seed_same_phantom_and_different_seed_differs():
 def test_dataset_layout_labels_and_determinism(tmp_path):
     f1 = synthesize_dataset(tmp_path / "r1", "P", cases=3, size=24, seed=7, test_cases=1)
     f2 = synthesize_dataset(tmp_path / "r2", "P", cases=3, size=24, seed=7, test_cases=1)
-    meta = json.loads((f1 / "dataset.json").read_text())
+    meta = json.loads((f1 / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == LABELS and meta["numTraining"] == 3 and meta["channel_names"] == {"0": "MRI"}
     assert sorted(p.name for p in (f1 / "imagesTr").iterdir()) == [f"phantom_{i:03d}_0000.nii.gz" for i in range(3)]
     assert [p.name for p in (f1 / "labelsTs").iterdir()] == ["phantom_003.nii.gz"]

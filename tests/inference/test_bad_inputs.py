@@ -39,7 +39,7 @@ def test_bad_input_corpus_fails_case_by_case(tiny_model, tmp_path):
         assert any(phrase in e for e in hits), f"{case}: expected {phrase!r} in {hits}"
     # only the valid cases produced outputs; nothing half-written remains
     assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good2.nii.gz", "predict_summary.json"]
-    summary = json.loads((out / "predict_summary.json").read_text())
+    summary = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     status = {c["case"]: c for c in summary["cases"]}
     assert status["good"]["status"] == status["good2"]["status"] == "ok"
     for case in expect:
@@ -55,7 +55,7 @@ def test_bad_input_corpus_fails_case_by_case(tiny_model, tmp_path):
 def test_empty_input_folder_is_one_line_error(tiny_model, tmp_path):
     _, model_dir, _ = tiny_model
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "notes.txt").write_text("no images here")
+    (tmp_path / "in" / "notes.txt").write_text("no images here", encoding="utf-8")
     proc = run_cli("predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_dir))
     assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

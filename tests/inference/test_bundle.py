@@ -26,7 +26,7 @@ def test_export_writes_checksummed_bundle(tiny_bundle, tiny_model):
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert names == [SUMS, "dataset.json", "medmamba.json", "metadata.json", "plans.json", "weights/fold_3.safetensors"]
     assert not any(p.suffix == ".pth" for p in folder.rglob("*")), "no pickles in a bundle"
-    meta = json.loads((folder / "metadata.json").read_text())
+    meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
     assert meta["network"] == "nnunet" and meta["intended_use"]
     assert meta["output"]["labels"] == {"background": 0, "organ": 1, "ring": 2}
     assert meta["input"]["channels"] == {"0": "MRI"} and len(meta["input"]["spacing_zyx_mm"]) == 3
@@ -52,7 +52,7 @@ def test_predict_from_bundle_equals_model_folder(tiny_bundle, tiny_model, tmp_pa
     ref = _labels(outs["folder"] / "a.nii.gz")
     for key in ("bundle", "zip"):
         np.testing.assert_array_equal(_labels(outs[key] / "a.nii.gz"), ref)
-    summary = json.loads((outs["zip"] / "predict_summary.json").read_text())
+    summary = json.loads((outs["zip"] / "predict_summary.json").read_text(encoding="utf-8"))
     assert summary["bundle_sha256"] and summary["n_ok"] == 1
 
 
@@ -96,7 +96,7 @@ def test_missing_file_is_refused(tiny_bundle, tmp_path, victim, no_deserialise):
 
 def test_extra_file_and_tampered_zip_are_refused(tiny_bundle, tmp_path, no_deserialise):
     dst = _copy(tiny_bundle[0], tmp_path)
-    (dst / "evil.py").write_text("import os")
+    (dst / "evil.py").write_text("import os", encoding="utf-8")
     with pytest.raises(BundleError, match="not listed in SHA256SUMS: evil.py"):
         load_bundle(dst)
     src = tiny_bundle[1]
@@ -117,7 +117,8 @@ def test_cli_refuses_tampered_bundle_in_one_line(tiny_bundle, tiny_model, tmp_pa
     _, _, images = tiny_model
     dst = _copy(tiny_bundle[0], tmp_path)
     meta = dst / "metadata.json"
-    meta.write_text(meta.read_text().replace("Research use only", "Clinical use approved"))
+    meta.write_text(meta.read_text(encoding="utf-8").replace("Research use only", "Clinical use approved"),
+        encoding="utf-8")
     out = tmp_path / "out"
     proc = run_cli("predict", "-i", str(images), "-o", str(out), "-m", str(dst))
     assert proc.returncode == 1

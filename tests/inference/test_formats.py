@@ -86,7 +86,7 @@ def test_fast_and_threads_options(tiny_model, tmp_path):
     proc = run_cli("predict", "-i", str(images / "phantom_007_0000.nii.gz"), "-o", str(out), "-m", str(model_dir),
                    "--fast", "--threads", "1", "--tta")
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((out / "predict_summary.json").read_text())
+    summary = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     assert summary["tta"] is False and summary["step_size"] == 0.7 and summary["threads"] == 1
     proc = run_cli("predict", "-i", str(images / "phantom_007_0000.nii.gz"), "-o", str(tmp_path / "prob"),
                    "-m", str(model_dir), "--probabilities")

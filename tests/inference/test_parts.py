@@ -40,13 +40,14 @@ def test_temporaries_are_unique_and_cleanup_is_scoped(tmp_path):
 
 def test_merge_refuses_missing_or_unfinished_parts(tmp_path):
     part = {"started": "t0", "finished": "t1", "cases": [{"case": "a", "status": "ok"}]}
-    (tmp_path / part_summary_name(0, 2)).write_text(json.dumps(part))
+    (tmp_path / part_summary_name(0, 2)).write_text(json.dumps(part), encoding="utf-8")
     with pytest.raises(MedmambaError, match=r"part\(s\) 1 of 2 have no summary"):
         merge_summaries(tmp_path)
-    (tmp_path / part_summary_name(1, 2)).write_text(json.dumps({**part, "finished": None, "cases": []}))
+    (tmp_path / part_summary_name(1, 2)).write_text(json.dumps({**part, "finished": None, "cases": []}),
+        encoding="utf-8")
     with pytest.raises(MedmambaError, match="still running or killed"):
         merge_summaries(tmp_path)
-    (tmp_path / part_summary_name(1, 2)).write_text(json.dumps(part))
+    (tmp_path / part_summary_name(1, 2)).write_text(json.dumps(part), encoding="utf-8")
     with pytest.raises(MedmambaError, match="case a appears in two parts"):
         merge_summaries(tmp_path)
 
@@ -69,7 +70,7 @@ def test_three_concurrent_parts_equal_one_run(tiny_model, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     children = [subprocess.Popen([sys.executable, "-m", "medmamba.cli", "predict", "-i", str(inputs), "-o", str(out),
                                   "-m", str(model_dir), "--num-parts", "3", "--part-id", str(k)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, encoding="utf-8")
                 for k in range(3)]
     for child in children:
         stdout, stderr = child.communicate(timeout=600)
@@ -78,9 +79,9 @@ def test_three_concurrent_parts_equal_one_run(tiny_model, tmp_path):
         assert (out / f"{case}.nii.gz").read_bytes() == (ref / f"{case}.nii.gz").read_bytes(), case
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     for k in range(3):
-        part = json.loads((out / part_summary_name(k, 3)).read_text())
+        part = json.loads((out / part_summary_name(k, 3)).read_text(encoding="utf-8"))
         assert [c["case"] for c in part["cases"]] == cases[k::3] and part["part"] == {"id": k, "of": 3}
-    merged = json.loads((out / "predict_summary.json").read_text())
+    merged = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     assert [c["case"] for c in merged["cases"]] == cases and merged["n_ok"] == len(cases) == merged["n_cases"]
     assert merged["parts"] == 3
 
@@ -90,7 +91,7 @@ def test_three_concurrent_parts_equal_one_run(tiny_model, tmp_path):
                    "--part-id", "1", "--continue")
     assert proc.returncode == 0, proc.stderr
     assert "merged summary" in proc.stdout
-    merged = json.loads((out / "predict_summary.json").read_text())
+    merged = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     assert [c["case"] for c in merged["cases"]] == cases
     assert merged["n_skipped"] == len(cases[1::3]) and merged["n_ok"] == len(cases) - len(cases[1::3])
     proc = run_cli("predict", "--merge-summary", str(out))

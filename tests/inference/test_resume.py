@@ -47,7 +47,7 @@ def test_sigkill_then_continue_is_byte_identical(tiny_model, tmp_path):
     proc = run_cli("predict", "-i", str(inputs), "-o", str(out), "-m", str(model_dir), "--continue")
     assert proc.returncode == 0, proc.stderr
     assert "kept from an earlier run" in proc.stdout
-    summary = json.loads((out / "predict_summary.json").read_text())
+    summary = json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))
     assert summary["n_skipped"] == len(done_before) and summary["n_ok"] == n - len(done_before)
     names = sorted(p.name for p in ref.iterdir() if p.name.endswith(".nii.gz"))
     assert len(names) == n

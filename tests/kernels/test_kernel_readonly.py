@@ -53,7 +53,8 @@ print("FUSED", fused.fused_available())  # the fused ops around the scan load th
 
 def _run(code: str, cache: Path, **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "OMP_NUM_THREADS": "1", "MEDMAMBA_KERNEL_CACHE": str(cache), **env}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=900)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=900,
+        encoding="utf-8")
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
@@ -78,7 +79,8 @@ def built_cache(tmp_path_factory) -> Path:
     """A kernel cache built by `python -m medmamba.kernels build`, as the Docker image does."""
     cache = tmp_path_factory.mktemp("kernel_build")
     res = subprocess.run([sys.executable, "-m", "medmamba.kernels", "build"], capture_output=True, text=True,
-                         env={**os.environ, "MEDMAMBA_KERNEL_CACHE": str(cache)}, timeout=900, cwd="/")
+                         env={**os.environ, "MEDMAMBA_KERNEL_CACHE": str(cache)}, timeout=900, cwd="/",
+                             encoding="utf-8")
     if res.returncode != 0 and "compiler" in (res.stderr + res.stdout).lower():
         pytest.skip(f"no working C++ toolchain: {res.stderr.strip().splitlines()[-1:]}")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -32,5 +32,5 @@ print("OK")
 
 def test_cpu_paths_need_no_triton():
     proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, encoding="utf-8")
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

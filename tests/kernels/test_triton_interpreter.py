@@ -23,7 +23,7 @@ def _run_in_interpreter(which: str) -> None:
     pytest.importorskip("triton", reason="triton is the optional [gpu] extra; not installed here")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), which], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, encoding="utf-8")
     assert res.returncode == 0, f"interpreter check '{which}' failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     assert f"OK {which}" in res.stdout
 

@@ -18,7 +18,8 @@ PROFILES = ("default", "cpu", "short")
 def plan(tiny_workspace):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    pm = PlansManager(json.loads((tiny_workspace.preprocessed / "Dataset500_Tiny" / "nnUNetPlans.json").read_text()))
+    pm = PlansManager(json.loads(
+        (tiny_workspace.preprocessed / "Dataset500_Tiny" / "nnUNetPlans.json").read_text(encoding="utf-8")))
     return pm, pm.get_configuration("3d_fullres")
 
 
@@ -72,7 +73,7 @@ def test_preset_typos_are_errors_naming_key_and_file(monkeypatch, tmp_path):
 
     (tmp_path / "lightm_unet.json").write_text(json.dumps(
         {"architecture": {}, "training": {"initial_lr": 1e-3},
-         "profiles": {"cpu": {"training": {"num_epoch": 3}}}}))
+         "profiles": {"cpu": {"training": {"num_epoch": 3}}}}), encoding="utf-8")
     monkeypatch.setattr(presets.resources, "files", lambda _pkg: tmp_path)
     assert load_preset("lightm_unet")["training"]["initial_lr"] == 1e-3
     with pytest.raises(PresetError, match=r"plans/lightm_unet.json: unknown key 'num_epoch' in profile 'cpu' "
@@ -102,7 +103,7 @@ def test_state_dict_keys_and_shapes_are_those_existing_checkpoints_hold():
 
     from medmamba.trainers.base import make_trainer
 
-    recorded = json.loads((Path(__file__).parent / "state_dict_keys.json").read_text())
+    recorded = json.loads((Path(__file__).parent / "state_dict_keys.json").read_text(encoding="utf-8"))
     cm = ConfigurationManager({"patch_size": [16, 16, 16], "architecture": {"arch_kwargs": {
         "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], "features_per_stage": [8, 16, 32, 64],
         "kernel_sizes": [[3, 3, 3]] * 4}}})

@@ -48,7 +48,7 @@ def folders(tmp_path, nifti):
 
 
 def read_csv(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -222,7 +222,8 @@ def test_cli_report_and_error_exit(folders, tmp_path):
 
 def test_label_names_from_dataset_json_and_values_outside_the_map(folders, tmp_path, nifti):
     ref, pred = folders
-    (ref.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}}))
+    (ref.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}}),
+        encoding="utf-8")
     res = build_report(ref, pred, tmp_path / "named")
     assert {r["label_name"] for r in read_csv(res.csv)} == {"liver", "tumour"}
     assert res.data.manifest["labels"] == {"1": "liver", "2": "tumour"}

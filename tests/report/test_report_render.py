@@ -34,7 +34,7 @@ def comparison_report(tmp_path_factory):
 
 def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, *HEADLESS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, encoding="utf-8")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium)")
@@ -44,7 +44,7 @@ def test_html_opens_in_headless_chromium_and_shows_table_plots_overlays(comparis
     assert n_images == 1 + 1 + 6  # box plots, paired Dice plot, one overlay per case
     # 1) every inline picture decodes (naturalWidth > 0) once the page has loaded
     probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body></html>", PROBE))
+    probe.write_text(page.replace("</body></html>", PROBE), encoding="utf-8")
     dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], tmp_path / "profile1").stdout
     title = re.search(r"<title>(\d+);([-\d,]*)</title>", dom)
     assert title, dom[:500]
@@ -69,7 +69,8 @@ def test_html_opens_in_headless_chromium_and_shows_table_plots_overlays(comparis
 
 @pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils not installed (pdftoppm)")
 def test_pdf_pages_render(comparison_report, tmp_path):
-    info = subprocess.run(["pdfinfo", str(comparison_report.pdf)], capture_output=True, text=True, check=True).stdout
+    info = subprocess.run(["pdfinfo", str(comparison_report.pdf)], capture_output=True, text=True, check=True,
+                          encoding="utf-8").stdout
     pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
     # run page, 2 summaries, box plots, mean±std, paired table, paired plot, case table, 2 overlay pages
     assert pages == 10

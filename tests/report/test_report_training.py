@@ -48,7 +48,8 @@ def fold(tmp_path):
     second("Mean Validation Dice: ", np.float64(0.7321))
     (fold / "validation").mkdir()
     (fold / "validation" / "summary.json").write_text(json.dumps(
-        {"mean": {"1": {"Dice": 0.8, "IoU": 0.7}, "2": {"Dice": 0.75, "IoU": 0.6}}, "foreground_mean": {}}))
+        {"mean": {"1": {"Dice": 0.8, "IoU": 0.7}, "2": {"Dice": 0.75, "IoU": 0.6}}, "foreground_mean": {}}),
+            encoding="utf-8")
     return fold
 
 
@@ -97,9 +98,10 @@ def test_unlearnt_label_is_named_in_the_warning_and_shown_red(fold):
 
     assert unlearnt_labels(fold) == []  # 0.8 and 0.75: both learnt
     (fold.parent / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "anterior": 1,
-                                                                     "posterior": 2}}))
+                                                                     "posterior": 2}}), encoding="utf-8")
     (fold / "validation" / "summary.json").write_text(json.dumps(
-        {"mean": {"1": {"Dice": 0.008, "IoU": 0.0}, "2": {"Dice": 0.555, "IoU": 0.4}}, "foreground_mean": {}}))
+        {"mean": {"1": {"Dice": 0.008, "IoU": 0.0}, "2": {"Dice": 0.555, "IoU": 0.4}}, "foreground_mean": {}}),
+        encoding="utf-8")
     warnings = unlearnt_labels(fold)
     assert warnings == ["label 1 (anterior) not learnt (validation Dice 0.008): train longer or use --preset "
                         "default"]
