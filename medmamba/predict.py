@@ -258,7 +258,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     summary: dict[str, Any] = {
         "medmamba_version": medmamba.__version__,
         "model": str(model_dir), "bundle_sha256": model.bundle_id, "network": model.info.get("network"),
-        "folds": model.folds, "device": str(model.predictor.device), "tta": bool(model.predictor.use_mirroring),
+        "folds": model.folds, "device": str(model.predictor.device),
+        "tta": bool(model.predictor.use_mirroring and model.predictor.allowed_mirroring_axes),
         "step_size": step_size, "threads": torch.get_num_threads(), "resume": resume,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "cases": [],
     }

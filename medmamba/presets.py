@@ -27,6 +27,14 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_every": 50,
 }
 
+#: Training keys a preset may set that are absent from the resolved preset unless it does (nnU-Net's behaviour
+#: applies then). Adding one never changes the hash of an existing preset, which is part of every comparison
+#: result's protocol key (medmamba.compare).
+OPTIONAL_TRAINING_KEYS: dict[str, str] = {
+    "mirror_axes": "axes nnU-Net's mirroring augmentation (and the mirroring TTA that matches it) may flip; "
+                   "[] turns both off. Absent: nnU-Net's choice, every axis of the patch.",
+}
+TRAINING_KEYS = set(TRAINING_DEFAULTS) | set(OPTIONAL_TRAINING_KEYS)
 
 #: Keys a preset file may hold, at the top and inside a profile; anything else is a typo and an error.
 FILE_KEYS = {"notes", "architecture", "training", "profiles"}
@@ -65,7 +73,7 @@ def load_preset(network: str, profile: str = "default") -> dict[str, Any]:
         raise FileNotFoundError(f"plans/{file}: missing (have: {', '.join(available_presets())})")
     raw = json.loads(path.read_text(encoding="utf-8"))
     _unknown(raw, FILE_KEYS, "the file", file)
-    _unknown(raw.get("training", {}), set(TRAINING_DEFAULTS), "training", file)
+    _unknown(raw.get("training", {}), TRAINING_KEYS, "training", file)
     resolved = {
         "name": network,
         "file": file,
@@ -81,10 +89,14 @@ def load_preset(network: str, profile: str = "default") -> dict[str, Any]:
         override = profiles[profile]
         where = f"profile '{profile}'"
         _unknown(override, PROFILE_KEYS, where, file)
-        _unknown(override.get("training", {}), set(TRAINING_DEFAULTS), f"{where} training", file)
+        _unknown(override.get("training", {}), TRAINING_KEYS, f"{where} training", file)
         _unknown(override.get("limits", {}), LIMIT_KEYS, f"{where} limits", file)
         resolved["architecture"].update(override.get("architecture", {}))
         resolved["training"].update(override.get("training", {}))
         resolved["limits"] = dict(override.get("limits", {}))
     resolved["architecture"].update(spec.pinned)
+    axes = resolved["training"].get("mirror_axes")
+    if axes is not None and (not isinstance(axes, list) or len(set(axes)) != len(axes) or
+                             any(type(a) is not int or not 0 <= a <= 2 for a in axes)):
+        raise PresetError(f"plans/{file}: training.mirror_axes must be a list of distinct axes 0, 1, 2 (got {axes!r})")
     return resolved

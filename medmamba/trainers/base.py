@@ -146,6 +146,19 @@ class MedmambaTrainer(nnUNetTrainer):
         finally:
             self.network, self.is_ddp = ddp_network, True
 
+    # ---- augmentation --------------------------------------------------------------------------
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's choice, except the mirror axes when the preset names them. Test-time mirroring follows
+        (nnU-Net saves the axes in the checkpoint): a model never trained on flipped patches is not asked to
+        average predictions on flipped volumes."""
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch, mirror_axes = configured
+        axes = self.preset["training"].get("mirror_axes")
+        if axes is not None:
+            mirror_axes = tuple(axes) or None
+            self.inference_allowed_mirroring_axes = mirror_axes
+        return rotation, dummy_2d, initial_patch, mirror_axes
+
     # ---- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.preset["training"]

@@ -47,6 +47,10 @@ def test_train_writes_nnunet_results_folder(trained):
     for name in ("plans.json", "dataset.json", "medmamba.json"):
         assert (model_dir / name).is_file(), name
     assert json.loads((model_dir / "medmamba.json").read_text(encoding="utf-8"))["network"] == "nnunet"
+    # the cpu profile trains without flips, and the checkpoint tells inference not to average flipped volumes
+    from medmamba.checkpoint import load_checkpoint
+
+    assert load_checkpoint(fold / "checkpoint_final.pth")["inference_allowed_mirroring_axes"] is None
 
 
 def test_continue_resumes_at_saved_epoch(trained):
@@ -77,6 +81,7 @@ def test_predict_keeps_geometry_and_evaluate_computes_dice(trained, tmp_path):
     refs = work / "raw" / "Dataset500_Cli" / "labelsTs"
     run_cli("predict", "-i", str(inputs), "-o", str(out), "-m", str(model_dir), "--ref", str(refs))
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()
+    assert json.loads((out / "predict_summary.json").read_text(encoding="utf-8"))["tta"] is False
     for case in ("phantom_005", "phantom_006"):
         src = next(inputs.glob(f"{case}*.nii.gz"))
         pred, ref = nib.load(out / f"{case}.nii.gz"), nib.load(src)
