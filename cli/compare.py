@@ -75,6 +75,7 @@ def compare(
     interrupted one resumes from its last checkpoint."""
     from medmamba.compare import compare_networks, parse_runs
     from medmamba.registry import NETWORKS
+    from medmamba.train import epoch_line
     from medmamba.workspace import open_workspace
 
     names = list(NETWORKS) if networks == "all" else [n for n in networks.split(",") if n.strip()]
@@ -105,10 +106,14 @@ def compare(
             bar.advance(task)
             dice = f"mean Dice {row['mean_dice']:.3f}" if row and row.get("mean_dice") is not None else ""
             console.print(f"run {run.network} seed {run.seed}: {status} {dice} "
-                          f"({(time.perf_counter() - start) / 60:.1f} min elapsed)", highlight=False)
+                          f"({(time.perf_counter() - start) / 60:.1f} min elapsed)", highlight=False, soft_wrap=True)
+
+        def epoch(run: Any, info: dict[str, Any]) -> None:
+            console.print(f"run {run.network} seed {run.seed} {epoch_line(info)} ({info['epoch_time']:.0f} s)",
+                          highlight=False, soft_wrap=True)  # one line per epoch in a log, never wrapped
 
         compare_networks(ws, dataset, runs, fold, preset, output, epochs, iterations, device, deadline,
-                         _parse_estimates(estimate), on_result=report)
+                         _parse_estimates(estimate), on_result=report, on_epoch=epoch)
     from medmamba.report.comparison import load_results, results_table
 
     if any(output.glob("*_seed*.json")):

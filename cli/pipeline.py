@@ -82,7 +82,7 @@ def train(
 
         def on_epoch(info: dict[str, Any]) -> None:
             state["last"] = info
-            console.print(epoch_line(info), highlight=False)
+            console.print(epoch_line(info), highlight=False, soft_wrap=True)
             bar.reset(state["task"], description=_epoch_label(info["epoch"] + 1, state["epochs"], info))
 
         result = train_model(ws, dataset, network, fold, preset, epochs, iterations, device, continue_training,

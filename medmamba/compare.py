@@ -150,8 +150,10 @@ def _curve(log: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, preset: dict[str, Any],
-            device: str = "auto", verbose: bool = False) -> dict[str, Any]:
-    """Train + validate one run (resuming an interrupted one) and return its result record."""
+            device: str = "auto", verbose: bool = False,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train + validate one run (resuming an interrupted one) and return its result record; `on_epoch` gets
+    nnU-Net's log of each finished epoch (progress for a queue that runs for hours)."""
     from medmamba.checkpoint import load_checkpoint
     from medmamba.kernels.bench import peak_rss_kib, reset_peak_rss_kib
     from medmamba.plan import dataset_name
@@ -173,7 +175,7 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
     t = preset["training"]
     start = time.perf_counter()
     result = train_model(ws, dataset, run.network, fold, preset, device=str(dev), continue_training=resume,
-                         validate=True, seed=run.seed, verbose=verbose)
+                         validate=True, seed=run.seed, verbose=verbose, on_epoch=on_epoch)
     wall = time.perf_counter() - start
     if result.validation is None:
         raise MedmambaError(f"{fold_dir}: nnU-Net's validation wrote no summary.json")
@@ -234,11 +236,13 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
                      output: Path, epochs: int | None = None, iterations: int | None = None, device: str = "auto",
                      deadline: float | None = None, estimates: dict[str, float] | None = None,
                      on_result: Callable[[Run, dict[str, Any] | None, str], None] | None = None,
+                     on_epoch: Callable[[Run, dict[str, Any]], None] | None = None,
                      ) -> list[dict[str, Any]]:
     """Run (or pick up) every run in order; returns the results that exist at the end.
 
     `deadline` (a time.time() value) keeps the queue from starting a run whose estimate does not fit before
-    it; `on_result(run, row, status)` reports each run as 'done', 'skipped' (result existed) or 'not started'.
+    it; `on_result(run, row, status)` reports each run as 'done', 'skipped' (result existed) or 'not started',
+    and `on_epoch(run, info)` each finished epoch of a run being trained.
     """
     from medmamba.io import write_json_atomic
     from medmamba.plan import dataset_name
@@ -258,7 +262,8 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
                 if on_result is not None:
                     on_result(run, None, f"not started ({why} before the deadline)")
                 continue
-            row = run_one(ws, dataset, run, fold, profile, preset, device)
+            row = run_one(ws, dataset, run, fold, profile, preset, device,
+                          on_epoch=None if on_epoch is None else lambda info, run=run: on_epoch(run, info))
             write_json_atomic(row, path)
             status = "done"
         rows.append(row)

@@ -246,6 +246,7 @@ class MedmambaTrainer(nnUNetTrainer):
                 "val_loss": float(log["val_losses"][-1]),
                 "pseudo_dice": [float(x) for x in log["dice_per_class_or_region"][-1]],
                 "ema_fg_dice": float(log["ema_fg_dice"][-1]),
+                "epoch_time": float(log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][-1]),
             })
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -255,4 +256,8 @@ def test_two_compare_workers_share_one_queue_and_one_folder(tiny_workspace, tmp_
     assert [p.returncode for p in procs] == [0, 0], logs
     assert "run nnunet seed 0: done" in logs[0] and "seed 1" not in logs[0]
     assert "run nnunet seed 1: done" in logs[1] and "seed 0" not in logs[1]
+    # a queue runs for hours with its output in a log file: one plain line per finished epoch
+    for k in range(2):
+        assert re.search(rf"run nnunet seed {k} epoch 0: train loss -?\d+\.\d+ .*pseudo-Dice [\d., ]+ \(\d+ s\)",
+                         logs[k]), logs[k]
     assert sorted(p.name for p in out.glob("*.json")) == ["nnunet_seed0.json", "nnunet_seed1.json"]
