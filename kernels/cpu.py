@@ -289,12 +289,6 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return _CompiledScan.apply(u, delta, A.contiguous(), B, C, vec[0], z, vec[1], delta_softplus)
 
 
-def scan_core_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                  C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bare recurrence through the compiled kernel (no bias, softplus, D or z)."""
-    return selective_scan_cpu(u, delta, A, B, C)
-
-
 def scan_core_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure PyTorch fallback, chunk-parallel like the Triton kernel, so Python loops ~3 sqrt(l) steps, not l.

@@ -4,7 +4,7 @@ Both compute, for every head, h_t = sum_{s<=t} w_ts (q_t.k_s / sqrt(dh)) v_s / m
 exp(-m_t)) with log-weights log w_ts = F_t - F_s + i_s (F = cumsum of logsigmoid(f)) taken relative to their
 row maximum m_t. The chunkwise form gets exactly the same numbers while keeping only (T x T) blocks and one
 (dh x dh) state per chunk boundary in memory: a 32^3 volume (l = 32768) would need a 4 GiB matrix per head
-in the parallel form.
+in the parallel form. Backends and dispatch: kernels/backends.py.
 """
 
 from __future__ import annotations
@@ -34,22 +34,14 @@ def mlstm_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_gate: to
     return ((c / (n + eps)) @ v.to(cd)).to(q.dtype)
 
 
-def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_gate: torch.Tensor,
-                    f_gate: torch.Tensor, *, chunk: int = 64, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
-    """Chunkwise stabilised mLSTM: the parallel form inside chunks of `chunk` tokens, a matrix state across them.
+def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_gate: torch.Tensor,
+                          f_gate: torch.Tensor, *, chunk: int = 64, eps: float = 1e-6) -> torch.Tensor:
+    """Chunkwise stabilised mLSTM in PyTorch ops: the parallel form inside chunks of `chunk` tokens, a matrix
+    state across them (the `fallback` backend of `medmamba.kernels.mlstm_chunkwise`).
 
     Same result as `mlstm_parallel` (the max-state m is carried exactly, so even the stabiliser agrees),
     with memory O(l * chunk) instead of O(l^2): a 32^3 volume is 32768 tokens. Works under autograd.
-    backend: "torch" (these ops), "triton" (Triton forward kernels, see triton_mlstm), "auto" (triton on CUDA).
     """
-    if chunk < 1:
-        raise ValueError(f"mLSTM chunk must be >= 1, got {chunk}")
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"unknown mLSTM backend '{backend}' (choose from auto, torch, triton)")
-    if backend == "triton" or (backend == "auto" and q.is_cuda):
-        from .triton_mlstm import mlstm_chunkwise_triton  # lazy: TRITON_INTERPRET is read when triton loads
-
-        return mlstm_chunkwise_triton(q, k, v, i_gate, f_gate, chunk=chunk, eps=eps)
     b, h, length, dqk = q.shape
     ct = _compute_dtype(q)
     logf = F.logsigmoid(f_gate.to(ct))

@@ -1,4 +1,4 @@
-"""Triton forward of the chunkwise mLSTM (same math as `mlstm.mlstm_chunkwise`), backward by recomputation.
+"""Triton forward of the chunkwise mLSTM (same math as `mlstm.mlstm_chunkwise_torch`), backward by recomputation.
 
 Two kernels: `_mlstm_states` walks the chunks of one (batch, head) sequentially and writes the carried
 state (C, n, m) at every chunk start; `_mlstm_chunk_out` then computes every chunk's outputs in parallel
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .mlstm import mlstm_chunkwise
+from .mlstm import mlstm_chunkwise_torch
 
 
 @triton.jit
@@ -123,7 +123,7 @@ class _TritonMLSTM(torch.autograd.Function):
     def backward(ctx, dh):
         inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
         with torch.enable_grad():
-            out = mlstm_chunkwise(*inputs, chunk=ctx.chunk, eps=ctx.eps, backend="torch")
+            out = mlstm_chunkwise_torch(*inputs, chunk=ctx.chunk, eps=ctx.eps)
         grads = torch.autograd.grad(out, inputs, dh)
         return (*grads, None, None)
 

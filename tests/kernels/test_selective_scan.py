@@ -99,7 +99,7 @@ def test_gradcheck_reference_in_float64():
 
 def test_unknown_backend_is_refused():
     inputs = make_inputs(b=1, d=2, length=5)
-    with pytest.raises(ValueError, match="unknown scan backend"):
+    with pytest.raises(ValueError, match="unknown selective_scan backend"):
         selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], backend="gpu2")
 
 

@@ -130,10 +130,10 @@ def test_vil_mixer_runs_in_fp32_under_autocast_with_the_preset_chunk(monkeypatch
         return real(q, k, v, i_gate, f_gate, chunk=chunk, backend=backend)
 
     monkeypatch.setattr(vil, "mlstm_chunkwise", spy)
-    block = ViLBlock(8, heads=2, chunk=16, backend="torch")
+    block = ViLBlock(8, heads=2, chunk=16, backend="fallback")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(torch.randn(1, 40, 8))
-    assert seen == [(False, torch.float32, torch.float32, 16, "torch")]
+    assert seen == [(False, torch.float32, torch.float32, 16, "fallback")]
     assert torch.isfinite(out.float()).all()
 
 
