@@ -141,9 +141,9 @@ def scan_compiled(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
     """The compiled CPU kernel, which does bias, softplus, D and z itself (no Python epilogue)."""
     dtype_in = u.dtype
     with torch.autocast(u.device.type, enabled=False):
-        f = [t.float() if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)]
-        y, last = cpu.selective_scan_cpu(f[0], f[1], f[2], _grouped(f[3]), _grouped(f[4]), f[5], f[6], f[7],
-                                         delta_softplus)
+        uf, df, Af, Bf, Cf = (t.float() for t in (u, delta, A, B, C))
+        Df, zf, biasf = (t.float() if t is not None else None for t in (D, z, delta_bias))
+        y, last = cpu.selective_scan_cpu(uf, df, Af, _grouped(Bf), _grouped(Cf), Df, zf, biasf, delta_softplus)
     y = y.to(dtype_in)
     return (y, last) if return_last_state else y
 

@@ -47,7 +47,9 @@ def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_g
     logf = F.logsigmoid(f_gate.to(ct))
     ig = i_gate.to(ct)
     qf, kf, vf = q.to(ct) * dqk**-0.5, k.to(ct), v.to(ct)
-    state_c = state_n = state_m = None  # (b,h,dqk,dv), (b,h,dqk), (b,h)
+    state_c: torch.Tensor | None = None  # (b,h,dqk,dv)
+    state_n: torch.Tensor | None = None  # (b,h,dqk)
+    state_m: torch.Tensor | None = None  # (b,h)
     outs = []
     for s0 in range(0, length, chunk):
         s1 = min(length, s0 + chunk)
@@ -63,6 +65,7 @@ def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_g
         num = weights @ vc
         den = weights.sum(-1)
         if state_m is not None:
+            assert state_c is not None and state_n is not None  # the three are set together
             w_inter = torch.exp(m_inter - m)
             num = num + w_inter[..., None] * (qc @ state_c)
             den = den + w_inter * (qc @ state_n[..., None]).squeeze(-1)
@@ -74,6 +77,7 @@ def mlstm_chunkwise_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_g
         kw = kc * torch.exp(a - m_new[..., None])[..., None]
         c_new, n_new = kw.transpose(-1, -2) @ vc, kw.sum(-2)
         if state_m is not None:
+            assert state_c is not None and state_n is not None
             decay = torch.exp(g + state_m - m_new)
             c_new = c_new + decay[..., None, None] * state_c
             n_new = n_new + decay[..., None] * state_n

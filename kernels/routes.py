@@ -41,7 +41,7 @@ def _route(shape: tuple[int, int, int], kind: str) -> np.ndarray:
     raise ValueError(f"unknown route '{kind}' (kinds: {', '.join(ROUTE_KINDS)}, each optionally with '_rev')")
 
 
-def build_routes(shape: tuple[int, int, int], kinds: list[str] | tuple[str, ...]) -> torch.Tensor:
+def build_routes(shape: tuple[int, ...], kinds: list[str] | tuple[str, ...]) -> torch.Tensor:
     """(K, D*H*W) LongTensor; row k visits the grid in the order of kinds[k] (any anisotropic shape)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:

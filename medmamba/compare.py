@@ -232,6 +232,11 @@ def estimate_seconds(output: Path, network: str, estimates: dict[str, float]) ->
     return max(walls) if walls else estimates.get(network)
 
 
+def _bind(on_epoch: Callable[[Run, dict[str, Any]], None] | None, run: Run
+          ) -> Callable[[dict[str, Any]], None] | None:
+    return None if on_epoch is None else lambda info: on_epoch(run, info)
+
+
 def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int, profile: str,
                      output: Path, epochs: int | None = None, iterations: int | None = None, device: str = "auto",
                      deadline: float | None = None, estimates: dict[str, float] | None = None,
@@ -262,8 +267,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
                 if on_result is not None:
                     on_result(run, None, f"not started ({why} before the deadline)")
                 continue
-            row = run_one(ws, dataset, run, fold, profile, preset, device,
-                          on_epoch=None if on_epoch is None else lambda info, run=run: on_epoch(run, info))
+            row = run_one(ws, dataset, run, fold, profile, preset, device, on_epoch=_bind(on_epoch, run))
             write_json_atomic(row, path)
             status = "done"
         rows.append(row)

@@ -140,7 +140,7 @@ def _train(ws: Workspace, dataset: str | int, network: str, fold: str | int, pre
     fold_arg: int | str = fold if fold == "all" else int(fold)
     plans["continue_training"] = continue_training
     with quiet(not verbose):
-        trainer = trainer_cls(plans, CONFIGURATION, fold_arg, dataset_json, dev)
+        trainer = trainer_cls(plans, CONFIGURATION, fold_arg, dataset_json, dev)  # type: ignore[arg-type]  # 'all' too
     trainer.verbose = verbose and main
     trainer.same_batches = same_batches
     if epochs is not None:

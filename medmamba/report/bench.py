@@ -107,7 +107,7 @@ def make_large(root: Path, n_cases: int, seed: int = 0) -> Path:
         lab = np.zeros(shape, dtype=np.uint8)
         for label, (cz, cy, cx, rz, ry, rx) in enumerate([(60, 200, 180, 30, 80, 60), (50, 300, 330, 20, 50, 50),
                                                            (80, 260, 260, 12, 30, 30)], start=1):
-            cz, cy, cx = cz + rng.integers(-5, 6), cy + rng.integers(-10, 11), cx + rng.integers(-10, 11)
+            cz, cy, cx = int(cz + rng.integers(-5, 6)), int(cy + rng.integers(-10, 11)), int(cx + rng.integers(-10, 11))
             lab[((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1] = label
         pred = perturb(lab, rng, 2)
         for sub, arr in (("labels", lab), ("pred", pred), ("images", (lab * 50 + 40).astype(np.int16))):
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         import monai.metrics  # noqa: F401  (torch + MONAI import, paid once per process)
 
         import_s = time.perf_counter() - t
-        rows = []
+        rows: list[tuple[str, float, float, float, float]] = []
         for label, nets, pdf in [("1 network, HTML+CSV+JSON", {"netA": preds["netA"]}, False),
                                  ("2 networks compared, HTML+CSV+JSON", preds, False)] + \
                                 ([("1 network, + PDF", {"netA": preds["netA"]}, True)] if args.pdf else []):
