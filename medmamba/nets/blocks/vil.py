@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import mlstm_chunkwise
-from medmamba.kernels.fused import causal_conv1d, split_linear
+from medmamba.kernels.fused import split_linear
+
+from .common import causal_conv_silu
 
 
 class HeadwiseLinear(nn.Module):
@@ -63,7 +65,7 @@ class ViLBlock(nn.Module):
         inner = self.skip.shape[0]
         # split_linear/causal_conv1d: no cat of the halves' gradients, conv + SiLU in one fused pass (fp32 CPU)
         x, z = split_linear(t, self.proj_up.weight, self.proj_up.bias, [inner, inner])
-        xc = causal_conv1d(x, self.conv_weight, self.conv_bias, silu=True)
+        xc = causal_conv_silu(x, self.conv_weight, self.conv_bias)
         q, k, v = self.q_proj(xc), self.k_proj(xc), self.v_proj(x)
         gates_in = torch.cat([q, k, v], dim=-1)
         i_gate, f_gate = self.igate(gates_in), self.fgate(gates_in)  # (b, l, heads)
