@@ -57,6 +57,7 @@ class VMUNet(EncoderDecoder):
 
     @property
     def stages(self) -> nn.ModuleList:
+        """The encoder levels, kept under `levels`: the name trained checkpoints hold."""
         return self.levels
 
 
