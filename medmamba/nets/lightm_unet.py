@@ -14,87 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks.common import DWSepConv3d, from_tokens, group_norm, to_tokens
-from .blocks.mamba import MambaMixer
+from .blocks.common import DWSepConv3d, group_norm
+from .blocks.lightm import ResMambaBlock, ResUpBlock, RVMLayer
+from .skeleton import EncoderDecoder, SkipDecoder
 
 
-class RVMLayer(nn.Module):
-    """Residual Vision Mamba layer: y = Mamba(LN(x)) + s*x on raster tokens, out = Linear(LN(y)).
-
-    The released code applies the same LayerNorm module twice; so do we (faithful parameter count).
-    With `ssm=False` the Mamba mixer is an identity: the "no-SSM" ablation of the same backbone.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 scan_backend: str = "auto", ssm: bool = True):
-        super().__init__()
-        self.norm = nn.LayerNorm(in_ch)
-        self.mixer = MambaMixer(in_ch, d_state, d_conv, expand, scan_backend=scan_backend) if ssm else nn.Identity()
-        self.skip_scale = nn.Parameter(torch.ones(1))
-        self.proj = nn.Linear(in_ch, out_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[2:]
-        t = to_tokens(x)
-        y = self.mixer(self.norm(t)) + self.skip_scale * t
-        return from_tokens(self.proj(self.norm(y)), spatial)
-
-
-class ResMambaBlock(nn.Module):
-    """GN -> ReLU -> RVM -> GN -> ReLU -> RVM, plus identity."""
-
-    def __init__(self, ch: int, **rvm):
-        super().__init__()
-        self.body = nn.Sequential(group_norm(ch), nn.ReLU(), RVMLayer(ch, ch, **rvm),
-                                  group_norm(ch), nn.ReLU(), RVMLayer(ch, ch, **rvm))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class ResUpBlock(nn.Module):
-    """GN -> ReLU -> depthwise-separable conv + s*identity -> GN -> ReLU."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.norm1, self.norm2 = group_norm(ch), group_norm(ch)
-        self.conv = DWSepConv3d(ch, ch)
-        self.skip_scale = nn.Parameter(torch.ones(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(F.relu(self.norm1(x))) + self.skip_scale * x
-        return F.relu(self.norm2(y))
-
-
-class Decoder(nn.Module):
-    """1x1 conv (C_i -> C_{i-1}), upsample to the skip's grid, add the skip, ResUpBlocks; heads per level."""
-
-    def __init__(self, features: list[int], blocks_up: list[int], num_classes: int, deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        n = len(features)
-        self.reduce = nn.ModuleList(nn.Conv3d(features[i], features[i - 1], 1) for i in range(n - 1, 0, -1))
-        self.blocks = nn.ModuleList(
-            nn.Sequential(*[ResUpBlock(features[i - 1]) for _ in range(blocks_up[min(n - 1 - i, len(blocks_up) - 1)])])
-            for i in range(n - 1, 0, -1))
-        # head at full resolution (as the original: GN -> ReLU -> dw-separable conv), 1x1 heads below it
-        self.heads = nn.ModuleList(
-            nn.Sequential(group_norm(features[i - 1]), nn.ReLU(), DWSepConv3d(features[i - 1], num_classes))
-            if i == 1 else nn.Conv3d(features[i - 1], num_classes, 1) for i in range(n - 1, 0, -1))
-
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        for level, (reduce, blocks, head) in enumerate(zip(self.reduce, self.blocks, self.heads, strict=True)):
-            skip = skips[-2 - level]
-            x = F.interpolate(reduce(x), size=skip.shape[2:], mode="trilinear", align_corners=False) + skip
-            x = blocks(x)
-            if self.deep_supervision or level == len(self.heads) - 1:
-                outputs.append(head(x))
-        return outputs[::-1] if self.deep_supervision else outputs[-1]
-
-
-class LightMUNet(nn.Module):
+class LightMUNet(EncoderDecoder):
     """LightM-UNet 3D. `strides` and `features_per_stage` come from the plan (one entry per stage)."""
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
@@ -117,13 +42,24 @@ class LightMUNet(nn.Module):
             self.stages.append(nn.Sequential(*down, *blocks))
         self.decoder = Decoder(features, list(blocks_up), num_classes, deep_supervision)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x = self.stem(x)
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return self.decoder(skips)
+
+class Decoder(SkipDecoder):
+    """1x1 conv (C_i -> C_{i-1}), upsample to the skip's grid, add the skip, ResUpBlocks; heads per level."""
+
+    def __init__(self, features: list[int], blocks_up: list[int], num_classes: int, deep_supervision: bool):
+        super().__init__(deep_supervision)
+        n = len(features)
+        self.reduce = nn.ModuleList(nn.Conv3d(features[i], features[i - 1], 1) for i in range(n - 1, 0, -1))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*[ResUpBlock(features[i - 1]) for _ in range(blocks_up[min(n - 1 - i, len(blocks_up) - 1)])])
+            for i in range(n - 1, 0, -1))
+        # head at full resolution (as the original: GN -> ReLU -> dw-separable conv), 1x1 heads below it
+        self.heads = nn.ModuleList(
+            nn.Sequential(group_norm(features[i - 1]), nn.ReLU(), DWSepConv3d(features[i - 1], num_classes))
+            if i == 1 else nn.Conv3d(features[i - 1], num_classes, 1) for i in range(n - 1, 0, -1))
+
+    def join(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.reduce[level](x), size=skip.shape[2:], mode="trilinear", align_corners=False) + skip
 
 
 def released_configuration(input_channels: int = 1, num_classes: int = 2) -> LightMUNet:

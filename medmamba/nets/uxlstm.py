@@ -13,72 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks.common import from_tokens, to_tokens
-from .blocks.vil import ViLBlock
+from .blocks.resconv import BasicResBlock, conv_norm_act
+from .blocks.vil import ViLLayer
+from .skeleton import EncoderDecoder, SkipDecoder
 
 
-def conv_norm_act(c_in: int, c_out: int, kernel: list[int], stride: list[int] | int = 1, act: bool = True):
-    layers: list[nn.Module] = [nn.Conv3d(c_in, c_out, kernel, stride, padding=[k // 2 for k in kernel]),
-                               nn.InstanceNorm3d(c_out, affine=True)]
-    if act:
-        layers.append(nn.LeakyReLU(0.01, inplace=True))
-    return nn.Sequential(*layers)
-
-
-class BasicResBlock(nn.Module):
-    """conv-norm-act -> conv-norm, plus a (strided 1x1) projection of the input, then act."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: list[int], stride: list[int] | int = 1):
-        super().__init__()
-        self.body = nn.Sequential(conv_norm_act(c_in, c_out, kernel, stride), conv_norm_act(c_out, c_out, kernel,
-                                                                                         act=False))
-        needs_proj = c_in != c_out or any(s != 1 for s in ([stride] * 3 if isinstance(stride, int) else stride))
-        self.skip = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride), nn.InstanceNorm3d(c_out, affine=True)) \
-            if needs_proj else nn.Identity()
-        self.act = nn.LeakyReLU(0.01, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.skip(x))
-
-
-class ViLLayer(nn.Module):
-    """ViL blocks applied to a feature map's raster tokens (x + ViL(LN(x)) inside each block)."""
-
-    def __init__(self, dim: int, depth: int, first_reverse: bool, alternate: bool, **vil):
-        super().__init__()
-        self.blocks = nn.ModuleList(ViLBlock(dim, reverse=first_reverse ^ (alternate and i % 2 == 1), **vil)
-                                    for i in range(depth))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = to_tokens(x)
-        for block in self.blocks:
-            t = block(t)
-        return from_tokens(t, x.shape[2:])
-
-
-class Decoder(nn.Module):
-    def __init__(self, feats: list[int], strides: list[list[int]], kernels: list[list[int]], num_classes: int,
-                 deep_supervision: bool):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        n = len(feats)
-        self.ups = nn.ModuleList(nn.ConvTranspose3d(feats[i], feats[i - 1], strides[i], strides[i])
-                                 for i in range(n - 1, 0, -1))
-        self.blocks = nn.ModuleList(BasicResBlock(2 * feats[i - 1], feats[i - 1], kernels[i - 1])
-                                    for i in range(n - 1, 0, -1))
-        self.heads = nn.ModuleList(nn.Conv3d(feats[i - 1], num_classes, 1) for i in range(n - 1, 0, -1))
-
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        for level, (up, block, head) in enumerate(zip(self.ups, self.blocks, self.heads, strict=True)):
-            x = block(torch.cat([up(x), skips[-2 - level]], dim=1))
-            if self.deep_supervision or level == len(self.heads) - 1:
-                outputs.append(head(x))
-        return outputs[::-1] if self.deep_supervision else outputs[-1]
-
-
-class UXLSTM(nn.Module):
+class UXLSTM(EncoderDecoder):
     """xLSTM-UNet 3D; `variant` "enc" or "bot"; the plan gives strides, kernel sizes and features.
 
     Enc puts ViL layers after every encoder stage s >= vil_from_stage (3 in the original 3D code, made for
@@ -123,10 +63,19 @@ class UXLSTM(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
         self.decoder = Decoder(feats, strides, kernel_sizes, num_classes, deep_supervision)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x = self.stem(x)
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return self.decoder(skips)
+
+class Decoder(SkipDecoder):
+    """Transposed-conv upsampling, concatenated skip, residual conv block; a 1x1 head per level."""
+
+    def __init__(self, feats: list[int], strides: list[list[int]], kernels: list[list[int]], num_classes: int,
+                 deep_supervision: bool):
+        super().__init__(deep_supervision)
+        n = len(feats)
+        self.ups = nn.ModuleList(nn.ConvTranspose3d(feats[i], feats[i - 1], strides[i], strides[i])
+                                 for i in range(n - 1, 0, -1))
+        self.blocks = nn.ModuleList(BasicResBlock(2 * feats[i - 1], feats[i - 1], kernels[i - 1])
+                                    for i in range(n - 1, 0, -1))
+        self.heads = nn.ModuleList(nn.Conv3d(feats[i - 1], num_classes, 1) for i in range(n - 1, 0, -1))
+
+    def join(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.ups[level](x), skip], dim=1)

@@ -2,7 +2,7 @@
 
     kernels < nets.blocks < nets < trainers < pipeline (train, predict, plan, compare, ...) < cli
     with report, io, metrics beside the pipeline, and registry/presets/errors/workspace/checkpoint below
-    the trainers.
+    the trainers. Nothing up to nets imports nnU-Net (nnunetv2): the trainers are where it comes in.
 
 import-linter cannot check this package: its `kernels/` and `cli/` folders are mapped into `medmamba.*`
 by setuptools package-dir, which its graph builder does not follow; so the contract is read here with ast
@@ -54,6 +54,11 @@ def layer(module: str) -> int:
 
 
 def _imports(name: str, path: Path) -> list[str]:
+    """The medmamba modules `name` imports."""
+    return [m for m in _all_imports(name, path) if m == "medmamba" or m.startswith("medmamba.")]
+
+
+def _all_imports(name: str, path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
@@ -68,10 +73,14 @@ def _imports(name: str, path: Path) -> list[str]:
                 mod = node.module or ""
             found.append(mod)
             found += [f"{mod}.{a.name}" for a in node.names]  # `from medmamba import report` names a module
-    return [m for m in found if m == "medmamba" or m.startswith("medmamba.")]
+    return found
 
 
 MODULES = _modules()
+
+# nn.Modules and kernels know nothing of nnU-Net proper; dynamic_network_architectures (its building blocks,
+# a separate package) would be allowed in nets, as it holds no training or planning
+NNUNET_FREE = layer("medmamba.nets")
 
 
 def test_the_mapping_finds_every_layer():
@@ -95,3 +104,18 @@ def test_an_upward_import_is_caught(tmp_path):
     assert "medmamba.trainers.base" in found and "medmamba.cli.main" in found and "medmamba.nets.blocks" in found
     assert [m for m in found if layer(m) > layer("medmamba.nets.fake")] == [
         "medmamba.trainers.base", "medmamba.trainers.base.make_trainer", "medmamba.cli.main"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) <= NNUNET_FREE))
+def test_layers_up_to_nets_do_not_import_nnunet(module):
+    found = [m for m in _all_imports(module, MODULES[module]) if m.split(".")[0] == "nnunetv2"]
+    assert not found, f"{module} imports nnU-Net: {found}"
+
+
+def test_an_nnunet_import_in_nets_is_caught(tmp_path):
+    fake = tmp_path / "fake.py"
+    fake.write_text("import dynamic_network_architectures.building_blocks.residual\n"
+                    "from nnunetv2.utilities.plans_handling.plans_handler import PlansManager\n", encoding="utf-8")
+    found = [m for m in _all_imports("medmamba.nets.fake", fake) if m.split(".")[0] == "nnunetv2"]
+    assert found == ["nnunetv2.utilities.plans_handling.plans_handler",
+                     "nnunetv2.utilities.plans_handling.plans_handler.PlansManager"]

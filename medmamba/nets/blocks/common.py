@@ -1,9 +1,11 @@
-"""Small conv/norm helpers shared by the 3D networks."""
+"""Small conv/norm/token helpers shared by the 3D networks' blocks."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref
 
 
 class DWSepConv3d(nn.Sequential):
@@ -34,5 +36,12 @@ def from_tokens(t: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *spatial)
 
 
-def as_triple(v: int | list[int] | tuple[int, ...]) -> tuple[int, int, int]:
-    return (v, v, v) if isinstance(v, int) else tuple(int(x) for x in v)  # type: ignore[return-value]
+def causal_conv_silu(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     reference: bool = False) -> torch.Tensor:
+    """Depthwise causal conv (weight (d, k), left padding k-1) + SiLU along the tokens of (b, l, d).
+
+    The Mamba mixer and the ViL block both need it; the fused C++ kernel avoids mkldnn's slow depthwise
+    backward, `reference` runs the PyTorch-ops version instead.
+    """
+    conv = causal_conv1d_ref if reference else causal_conv1d
+    return conv(u, weight, bias, silu=True)

@@ -14,7 +14,25 @@ import torch
 from torch import nn
 
 from medmamba.kernels import selective_scan
-from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, linear, split_linear
+from medmamba.kernels.fused import linear, split_linear
+
+from .common import causal_conv_silu
+
+
+def init_dt_weight_(weight: torch.Tensor, dt_rank: int) -> torch.Tensor:
+    """dt projection weights uniform in +-dt_rank^-0.5 (in place), as mamba_ssm: delta starts near its bias."""
+    return weight.uniform_(-dt_rank**-0.5, dt_rank**-0.5)
+
+
+def dt_bias_init(shape: tuple[int, ...], dt_min: float = 1e-3, dt_max: float = 0.1) -> torch.Tensor:
+    """Delta bias whose softplus is log-uniform in [dt_min, dt_max]: each channel starts at its own time scale."""
+    dt = torch.exp(torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+
+
+def a_log_init(d_state: int, rows: int) -> torch.Tensor:
+    """log(1..N) per row (S4D-real): A = -exp(A_log) = -(1..N), decay rates spread over the state."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(rows, 1)
 
 
 class MambaMixer(nn.Module):
@@ -32,24 +50,18 @@ class MambaMixer(nn.Module):
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, padding=d_conv - 1, groups=self.d_inner)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+            init_dt_weight_(self.dt_proj.weight, self.dt_rank)
+            self.dt_proj.bias.copy_(dt_bias_init((self.d_inner,), dt_min, dt_max))
+        self.A_log = nn.Parameter(a_log_init(d_state, self.d_inner))
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """Depthwise causal conv + SiLU along tokens of (b, l, d), without mkldnn's slow depthwise backward.
-
-        The fused C++ kernel (kernels/fused.py) unless the scan backend is the reference, which keeps the
-        whole mixer in PyTorch ops as the oracle for the compiled path.
-        """
-        w = self.conv1d.weight[:, 0, :]  # (d, k)
-        if self.scan_backend == "ref":
-            return causal_conv1d_ref(u, w, self.conv1d.bias, silu=True)
-        return causal_conv1d(u, w, self.conv1d.bias, silu=True)
+        """The conv1d's weights run by the shared causal conv; the reference scan backend keeps the whole mixer
+        in PyTorch ops, as the oracle for the compiled path."""
+        return causal_conv_silu(u, self.conv1d.weight[:, 0, :], self.conv1d.bias,
+                                reference=self.scan_backend == "ref")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (b, l, d_inner) each; split_linear's backward needs no cat of the halves' gradients

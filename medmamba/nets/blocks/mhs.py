@@ -4,11 +4,16 @@ The channels are projected into h heads; each head scans its own route family (t
 reverses: K=4 sequences at width d/h, own scan parameters), its K outputs are put back in raster order and
 fused by Scan Route Attention: z = (sum_k y_k) * ReLU(cv - t), cv = std_k(y) / (mean_k(y - min_k y) + 1e-5),
 the unbiased std over the K routes and t a fixed threshold. Heads are concatenated -> LN -> Linear.
+
+MHSBlock is MHS-VM's mixer inside a VSS block (it takes SS3D's place), as released: in_proj d -> 2d (expand 1:
+x, z) -> depthwise conv3d + SiLU on x -> multi-head scan -> LayerNorm -> * SiLU(z). The released code has no
+out_proj after the gate (the paper's figure draws one); we follow the code.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .ss3d import RouteScan
@@ -48,3 +53,21 @@ class MultiHeadScan(nn.Module):
                  for p, scan in zip(parts, self.scans, strict=True)]
         y = torch.cat(fused, dim=1).transpose(1, 2)  # (b, l, h*w)
         return self.merge(self.norm(y)).transpose(1, 2).reshape(b, c, *spatial)
+
+
+class MHSBlock(nn.Module):
+    """Gated multi-head-scan mixer on channels-last maps (MHS-VM's replacement for SS3D)."""
+
+    def __init__(self, dim: int, heads: int = 4, d_state: int = 16, sra_threshold: float = 0.5,
+                 scan_backend: str = "auto"):
+        super().__init__()
+        self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
+        self.conv = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.mhs = MultiHeadScan(dim, heads, d_state, sra_threshold, scan_backend)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, D, H, W, c) channels-last."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        y = self.mhs(F.silu(self.conv(u.permute(0, 4, 1, 2, 3))))
+        return self.norm(y.permute(0, 2, 3, 4, 1)) * F.silu(z)

@@ -17,6 +17,8 @@ from medmamba.kernels import build_routes, cross_scan, cross_unscan, selective_s
 from medmamba.kernels.fused import fused_enabled
 from medmamba.kernels.route_ops import inverse_routes, route_scan, route_unscan
 
+from .mamba import a_log_init, dt_bias_init, init_dt_weight_
+
 DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
 
 
@@ -33,10 +35,9 @@ class RouteScan(nn.Module):
         self.routes, self.d_state, self.scan_backend = tuple(routes), d_state, scan_backend
         self.dt_rank = math.ceil(c / 16) if dt_rank == "auto" else int(dt_rank)
         self.x_proj = nn.Parameter(torch.randn(K, self.dt_rank + 2 * d_state, c) * c**-0.5)
-        self.dt_proj = nn.Parameter(torch.empty(K, c, self.dt_rank).uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5))
-        dt = torch.exp(torch.rand(K, c) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(K * c, 1))
+        self.dt_proj = nn.Parameter(init_dt_weight_(torch.empty(K, c, self.dt_rank), self.dt_rank))
+        self.dt_bias = nn.Parameter(dt_bias_init((K, c)))
+        self.A_log = nn.Parameter(a_log_init(d_state, K * c))
         self.D = nn.Parameter(torch.ones(K * c))
         self._cache: dict[tuple, torch.Tensor] = {}
 

@@ -4,7 +4,8 @@ proj_up d -> 2*inner (x, z); causal depthwise conv (k=4) + SiLU on x gives q and
 projections, v comes from the pre-conv x; input and forget gates are Linear(3*inner -> heads) on [q, k, v];
 mLSTM cell over the tokens; per-head group norm; + learnable skip * conv output; * SiLU(z); proj_down.
 Blocks alternate direction (even: first token to last, odd: reversed), as ViL stacks do. The cell runs
-with autocast off (fp32), as xLSTM-UNet does after NaN reports under AMP.
+with autocast off (fp32), as xLSTM-UNet does after NaN reports under AMP. ViLLayer runs a stack of ViL
+blocks on a feature map's raster tokens: the layer xLSTM-UNet puts after its deeper encoder stages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import mlstm_chunkwise
-from medmamba.kernels.fused import causal_conv1d, split_linear
+from medmamba.kernels.fused import split_linear
+
+from .common import causal_conv_silu, from_tokens, to_tokens
 
 
 class HeadwiseLinear(nn.Module):
@@ -63,7 +66,7 @@ class ViLBlock(nn.Module):
         inner = self.skip.shape[0]
         # split_linear/causal_conv1d: no cat of the halves' gradients, conv + SiLU in one fused pass (fp32 CPU)
         x, z = split_linear(t, self.proj_up.weight, self.proj_up.bias, [inner, inner])
-        xc = causal_conv1d(x, self.conv_weight, self.conv_bias, silu=True)
+        xc = causal_conv_silu(x, self.conv_weight, self.conv_bias)
         q, k, v = self.q_proj(xc), self.k_proj(xc), self.v_proj(x)
         gates_in = torch.cat([q, k, v], dim=-1)
         i_gate, f_gate = self.igate(gates_in), self.fgate(gates_in)  # (b, l, heads)
@@ -83,3 +86,18 @@ class ViLBlock(nn.Module):
         if self.reverse:
             return t + self.mix(y.flip(1)).flip(1)
         return t + self.mix(y)
+
+
+class ViLLayer(nn.Module):
+    """ViL blocks applied to a feature map's raster tokens (x + ViL(LN(x)) inside each block)."""
+
+    def __init__(self, dim: int, depth: int, first_reverse: bool, alternate: bool, **vil):
+        super().__init__()
+        self.blocks = nn.ModuleList(ViLBlock(dim, reverse=first_reverse ^ (alternate and i % 2 == 1), **vil)
+                                    for i in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = to_tokens(x)
+        for block in self.blocks:
+            t = block(t)
+        return from_tokens(t, x.shape[2:])

@@ -1,0 +1,60 @@
+"""LightM-UNet's blocks: the Residual Vision Mamba (RVM) layer, the encoder's ResMambaBlock and the
+decoder's ResUpBlock (SegResNet's residual block with a learnable skip scale), all on (b, c, D, H, W) maps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import DWSepConv3d, from_tokens, group_norm, to_tokens
+from .mamba import MambaMixer
+
+
+class RVMLayer(nn.Module):
+    """Residual Vision Mamba layer: y = Mamba(LN(x)) + s*x on raster tokens, out = Linear(LN(y)).
+
+    The released code applies the same LayerNorm module twice; so do we (faithful parameter count).
+    With `ssm=False` the Mamba mixer is an identity: the "no-SSM" ablation of the same backbone.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 scan_backend: str = "auto", ssm: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_ch)
+        self.mixer = MambaMixer(in_ch, d_state, d_conv, expand, scan_backend=scan_backend) if ssm else nn.Identity()
+        self.skip_scale = nn.Parameter(torch.ones(1))
+        self.proj = nn.Linear(in_ch, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.shape[2:]
+        t = to_tokens(x)
+        y = self.mixer(self.norm(t)) + self.skip_scale * t
+        return from_tokens(self.proj(self.norm(y)), spatial)
+
+
+class ResMambaBlock(nn.Module):
+    """GN -> ReLU -> RVM -> GN -> ReLU -> RVM, plus identity."""
+
+    def __init__(self, ch: int, **rvm):
+        super().__init__()
+        self.body = nn.Sequential(group_norm(ch), nn.ReLU(), RVMLayer(ch, ch, **rvm),
+                                  group_norm(ch), nn.ReLU(), RVMLayer(ch, ch, **rvm))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResUpBlock(nn.Module):
+    """GN -> ReLU -> depthwise-separable conv + s*identity -> GN -> ReLU."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm1, self.norm2 = group_norm(ch), group_norm(ch)
+        self.conv = DWSepConv3d(ch, ch)
+        self.skip_scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.relu(self.norm1(x))) + self.skip_scale * x
+        return F.relu(self.norm2(y))
