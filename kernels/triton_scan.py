@@ -38,20 +38,29 @@ def _channel_block(pdb, A_ptr, D, N, BD: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _scan_chunk_fwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, x0_ptr, y_ptr, end_ptr, hist_ptr,
-                    L, D, N, G, DPG, NC,
-                    BD: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
-                    WRITE_Y: tl.constexpr, WRITE_HIST: tl.constexpr):
-    """Scan one chunk of one channel block from the start state x0[b, d, c, :]."""
+def _chunk_program(A_ptr, L, D, N, G, DPG, NC, BD: tl.constexpr, NP: tl.constexpr):
+    """What a (batch, channel block, chunk) program of the forward and the reverse pass both start from: its
+    ids, channel block, offsets of its per-chunk states and of its u/delta rows and its group's B/C rows."""
     pb = tl.program_id(0)
     pdb = tl.program_id(1)
     pc = tl.program_id(2)
     offs_d, offs_n, dmask, nmask, mask2, A = _channel_block(pdb, A_ptr, D, N, BD, NP)
     gi = (pdb * BD) // DPG
     state_off = ((pb * D + offs_d[:, None]) * NC + pc) * N + offs_n[None, :]
-    h = tl.load(x0_ptr + state_off, mask=mask2, other=0.0)
     row = (pb * D + offs_d) * L  # (BD,)
     grow = ((pb * G + gi) * N + offs_n) * L  # (NP,)
+    return pb, pdb, pc, offs_d, offs_n, dmask, nmask, mask2, A, state_off, row, grow
+
+
+@triton.jit
+def _scan_chunk_fwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, x0_ptr, y_ptr, end_ptr, hist_ptr,
+                    L, D, N, G, DPG, NC,
+                    BD: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
+                    WRITE_Y: tl.constexpr, WRITE_HIST: tl.constexpr):
+    """Scan one chunk of one channel block from the start state x0[b, d, c, :]."""
+    pb, pdb, pc, offs_d, offs_n, dmask, nmask, mask2, A, state_off, row, grow = _chunk_program(
+        A_ptr, L, D, N, G, DPG, NC, BD, NP)
+    h = tl.load(x0_ptr + state_off, mask=mask2, other=0.0)
     t0 = pc * CHUNK
     for i in range(0, CHUNK):
         t = t0 + i
@@ -100,16 +109,10 @@ def _scan_chunk_bwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, dy_ptr, q0_ptr, zend_ptr
     FULL=False only returns exp(delta_{t0} A) g_{t0} from a zero incoming adjoint (stage 1); FULL=True
     writes du, ddelta (without the D and z terms) and per-program partial dA, dB, dC.
     """
-    pb = tl.program_id(0)
-    pdb = tl.program_id(1)
-    pc = tl.program_id(2)
-    offs_d, offs_n, dmask, nmask, mask2, A = _channel_block(pdb, A_ptr, D, N, BD, NP)
-    gi = (pdb * BD) // DPG
-    state_off = ((pb * D + offs_d[:, None]) * NC + pc) * N + offs_n[None, :]
+    pb, pdb, pc, offs_d, offs_n, dmask, nmask, mask2, A, state_off, row, grow = _chunk_program(
+        A_ptr, L, D, N, G, DPG, NC, BD, NP)
     q = tl.load(q0_ptr + state_off, mask=mask2, other=0.0)
     dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
-    row = (pb * D + offs_d) * L
-    grow = ((pb * G + gi) * N + offs_n) * L
     prow = ((pb * NDB + pdb) * N + offs_n) * L  # partial dB/dC rows of this program's channel block
     t0 = pc * CHUNK
     for i in range(0, CHUNK):
