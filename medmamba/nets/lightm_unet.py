@@ -10,6 +10,9 @@ heads are available for nnU-Net's loss.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,13 +26,13 @@ class LightMUNet(EncoderDecoder):
     """LightM-UNet 3D. `strides` and `features_per_stage` come from the plan (one entry per stage)."""
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
-                 strides: list[list[int]], features_per_stage: list[int], blocks_down: list[int] = (1, 2, 2, 4),
-                 blocks_up: list[int] = (1, 1, 1), d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 strides: list[list[int]], features_per_stage: list[int], blocks_down: Sequence[int] = (1, 2, 2, 4),
+                 blocks_up: Sequence[int] = (1, 1, 1), d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  ssm: bool = True, scan_backend: str = "auto"):
         super().__init__()
         features = [int(f) for f in features_per_stage]
         n = len(features)
-        rvm = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend, ssm=ssm)
+        rvm: dict[str, Any] = dict(d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend, ssm=ssm)
         self.stem = DWSepConv3d(input_channels, features[0])
         self.stages = nn.ModuleList()
         for i in range(n):

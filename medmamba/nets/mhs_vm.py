@@ -7,6 +7,8 @@ MHSBlock (blocks/mhs.py), h heads that each scan their own 3D route family, fuse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .blocks.mhs import MHSBlock
 from .vm_unet import VMUNet
 
@@ -15,8 +17,8 @@ class MHSVM(VMUNet):
     """MHS-VM 3D: VM-UNet's skeleton, plan adapter and decoder, with MHSBlock as every VSS block's mixer."""
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
-                 strides: list[list[int]], features_per_stage: list[int], depths: list[int] = (2, 2, 2, 2),
-                 depths_decoder: list[int] = (2, 2, 1), heads: int = 4, d_state: int = 16,
+                 strides: list[list[int]], features_per_stage: list[int], depths: Sequence[int] = (2, 2, 2, 2),
+                 depths_decoder: Sequence[int] = (2, 2, 1), heads: int = 4, d_state: int = 16,
                  sra_threshold: float = 0.5, scan_backend: str = "auto"):
         super().__init__(input_channels, num_classes, deep_supervision, strides=strides,
                          features_per_stage=features_per_stage, depths=depths, depths_decoder=depths_decoder,

@@ -10,9 +10,12 @@ ablation: the same backbone with every ViL layer removed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from .blocks.common import triple
 from .blocks.resconv import BasicResBlock, conv_norm_act
 from .blocks.vil import ViLLayer
 from .skeleton import EncoderDecoder, SkipDecoder
@@ -29,7 +32,7 @@ class UXLSTM(EncoderDecoder):
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
                  strides: list[list[int]], kernel_sizes: list[list[int]], features_per_stage: list[int],
-                 variant: str = "enc", vil_from_stage: int = 3, blocks_per_stage: list[int] = (1, 1, 1, 1, 1, 1),
+                 variant: str = "enc", vil_from_stage: int = 3, blocks_per_stage: Sequence[int] = (1, 1, 1, 1, 1, 1),
                  vil_depth: int = 1, heads: int = 4, chunk: int = 64, alternate_directions: bool = True,
                  vil: bool = True, mlstm_backend: str = "auto"):
         super().__init__()
@@ -71,7 +74,7 @@ class Decoder(SkipDecoder):
                  deep_supervision: bool):
         super().__init__(deep_supervision)
         n = len(feats)
-        self.ups = nn.ModuleList(nn.ConvTranspose3d(feats[i], feats[i - 1], strides[i], strides[i])
+        self.ups = nn.ModuleList(nn.ConvTranspose3d(feats[i], feats[i - 1], triple(strides[i]), triple(strides[i]))
                                  for i in range(n - 1, 0, -1))
         self.blocks = nn.ModuleList(BasicResBlock(2 * feats[i - 1], feats[i - 1], kernels[i - 1])
                                     for i in range(n - 1, 0, -1))

@@ -11,11 +11,12 @@ the decoder levels.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .blocks.common import triple
 from .blocks.patch import PatchExpand3D, PatchMerging3D
 from .blocks.ss3d import DEFAULT_ROUTES, SS3D
 from .blocks.vss import VSSBlock
@@ -31,9 +32,9 @@ class VMUNet(EncoderDecoder):
     """
 
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False, *,
-                 strides: list[list[int]], features_per_stage: list[int], depths: list[int] = (2, 2, 2, 2),
-                 depths_decoder: list[int] = (2, 2, 1), d_state: int = 16, expand: int = 2,
-                 routes: list[str] = DEFAULT_ROUTES, scan_backend: str = "auto",
+                 strides: list[list[int]], features_per_stage: list[int], depths: Sequence[int] = (2, 2, 2, 2),
+                 depths_decoder: Sequence[int] = (2, 2, 1), d_state: int = 16, expand: int = 2,
+                 routes: Sequence[str] = DEFAULT_ROUTES, scan_backend: str = "auto",
                  make_mixer: MixerFactory | None = None):
         super().__init__()
         if len(strides) < 3:
@@ -41,7 +42,7 @@ class VMUNet(EncoderDecoder):
         embed_stride = [a * b for a, b in zip(strides[0], strides[1], strict=True)]
         feats = [int(f) for f in features_per_stage[1:]]
         make = make_mixer or (lambda dim: SS3D(dim, d_state, expand, routes=tuple(routes), scan_backend=scan_backend))
-        self.embed = nn.Conv3d(input_channels, feats[0], embed_stride, stride=embed_stride)
+        self.embed = nn.Conv3d(input_channels, feats[0], triple(embed_stride), stride=triple(embed_stride))
         self.embed_norm = nn.LayerNorm(feats[0])
         self.levels = nn.ModuleList()
         for i, dim in enumerate(feats):
@@ -51,12 +52,12 @@ class VMUNet(EncoderDecoder):
         self.decoder = Decoder(feats, [strides[0]] + [list(s) for s in strides[2:]], list(depths_decoder), make,
                                embed_stride, num_classes, deep_supervision)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
+    def stem(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # keys stay embed/embed_norm
         """Patch embedding, then channels-last for the VSS blocks."""
         return self.embed_norm(self.embed(x).permute(0, 2, 3, 4, 1))
 
     @property
-    def stages(self) -> nn.ModuleList:
+    def stages(self) -> nn.ModuleList:  # type: ignore[override]  # the checkpoint keys stay `levels`
         """The encoder levels, kept under `levels`: the name trained checkpoints hold."""
         return self.levels
 

@@ -113,7 +113,7 @@ def nnunet_summary(cases: Cases, net: str, manifest: Mapping[str, Any], agg: Map
     Means are NaN-ignoring means over cases per label (nnU-Net: np.nanmean), foreground_mean the mean of
     the label means; flags are per case only. NaN is written as NaN, as nnU-Net's json.dump does.
     """
-    per_case = []
+    per_case: list[dict[str, Any]] = []
     for r in cases.results:
         if net not in r.metrics:
             continue
@@ -122,7 +122,7 @@ def nnunet_summary(cases: Cases, net: str, manifest: Mapping[str, Any], agg: Map
             "metrics": {str(lab): {NNUNET_NAMES.get(k, k): _json_value(v) for k, v in r.metrics[net][lab].items()}
                         for lab in cases.labels}})
     numeric = [k for k in per_case[0]["metrics"][str(cases.labels[0])] if k not in FLAGS] if per_case else []
-    mean = {}
+    mean: dict[str, dict[str, float]] = {}
     for lab in cases.labels:
         mean[str(lab)] = {}
         for k in numeric:

@@ -53,6 +53,9 @@ class MedmambaTrainer(nnUNetTrainer):
     verbose: bool = False
     # verification mode for DDP: every rank loads the same global batch and trains on rows rank::world_size
     same_batches: bool = False
+    # nnU-Net's own attributes that this class reassigns (declared for the type checker; nnU-Net sets them)
+    is_ddp: bool
+    network: Any
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -63,7 +66,7 @@ class MedmambaTrainer(nnUNetTrainer):
         if self.is_ddp:
             # nnU-Net assumes cuda:RANK under DDP; keep a CPU (gloo) run on the CPU, and use the rank on this
             # node for the GPU index (the global rank is wrong on every node but the first)
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.local_rank))) \
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", str(self.local_rank)))) \
                 if device.type == "cuda" else torch.device("cpu")
         t = self.preset["training"]
         self.initial_lr = float(t["initial_lr"])

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref
+
+
+def triple(v: Sequence[int] | int) -> tuple[int, int, int]:
+    """A 3D conv's kernel/stride argument from a plan's list (torch's signature takes an int or a 3-tuple)."""
+    a, b, c = (v, v, v) if isinstance(v, int) else v
+    return int(a), int(b), int(c)
 
 
 class DWSepConv3d(nn.Sequential):

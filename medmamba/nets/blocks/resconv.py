@@ -8,14 +8,19 @@ where this block's is a strided 1x1 conv with bias (+ norm): other numbers, anot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from .common import triple
 
-def conv_norm_act(c_in: int, c_out: int, kernel: list[int], stride: list[int] | int = 1,
+
+def conv_norm_act(c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int] | int = 1,
                   act: bool = True) -> nn.Sequential:
     """Conv3d (same padding) -> InstanceNorm (affine) -> LeakyReLU(0.01): nnU-Net's conv unit."""
-    layers: list[nn.Module] = [nn.Conv3d(c_in, c_out, kernel, stride, padding=[k // 2 for k in kernel]),
+    padding = triple([k // 2 for k in kernel])
+    layers: list[nn.Module] = [nn.Conv3d(c_in, c_out, triple(kernel), triple(stride), padding=padding),
                                nn.InstanceNorm3d(c_out, affine=True)]
     if act:
         layers.append(nn.LeakyReLU(0.01, inplace=True))
@@ -25,12 +30,12 @@ def conv_norm_act(c_in: int, c_out: int, kernel: list[int], stride: list[int] | 
 class BasicResBlock(nn.Module):
     """conv-norm-act -> conv-norm, plus a (strided 1x1) projection of the input, then act."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: list[int], stride: list[int] | int = 1):
+    def __init__(self, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int] | int = 1):
         super().__init__()
         self.body = nn.Sequential(conv_norm_act(c_in, c_out, kernel, stride), conv_norm_act(c_out, c_out, kernel,
                                                                                          act=False))
         needs_proj = c_in != c_out or any(s != 1 for s in ([stride] * 3 if isinstance(stride, int) else stride))
-        self.skip = nn.Sequential(nn.Conv3d(c_in, c_out, 1, stride), nn.InstanceNorm3d(c_out, affine=True)) \
+        self.skip = nn.Sequential(nn.Conv3d(c_in, c_out, 1, triple(stride)), nn.InstanceNorm3d(c_out, affine=True)) \
             if needs_proj else nn.Identity()
         self.act = nn.LeakyReLU(0.01, inplace=True)
 

@@ -41,12 +41,12 @@ class RouteScan(nn.Module):
         self.D = nn.Parameter(torch.ones(K * c))
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def route_table(self, shape: tuple[int, int, int]) -> torch.Tensor:
+    def route_table(self, shape: tuple[int, ...]) -> torch.Tensor:
         if shape not in self._cache:  # index tables depend only on the grid: build once per stage shape
             self._cache[shape] = build_routes(shape, self.routes)
         return self._cache[shape]
 
-    def inverse_table(self, shape: tuple[int, int, int], routes: torch.Tensor) -> torch.Tensor:
+    def inverse_table(self, shape: tuple[int, ...], routes: torch.Tensor) -> torch.Tensor:
         key = ("inverse", *shape)
         if key not in self._cache:
             self._cache[key] = inverse_routes(routes)
