@@ -157,7 +157,7 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
     from medmamba.plan import dataset_name
     from medmamba.report.build import versions
     from medmamba.train import model_dir, resolve_device, train_model
-    from medmamba.trainers.base import SIDECAR
+    from medmamba.workspace import SIDECAR
 
     reset_peak_rss_kib()
     dev = resolve_device(device)
@@ -240,7 +240,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
     `deadline` (a time.time() value) keeps the queue from starting a run whose estimate does not fit before
     it; `on_result(run, row, status)` reports each run as 'done', 'skipped' (result existed) or 'not started'.
     """
-    from medmamba.io import write_json_atomic
+    from medmamba.atomic import atomic_write
     from medmamba.plan import dataset_name
 
     output.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
                     on_result(run, None, f"not started ({why} before the deadline)")
                 continue
             row = run_one(ws, dataset, run, fold, profile, preset, device)
-            write_json_atomic(row, path)
+            atomic_write(path, json.dumps(row, indent=2))
             status = "done"
         rows.append(row)
         if on_result is not None:

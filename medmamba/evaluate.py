@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
 from medmamba.io import strip_ending
 
@@ -44,7 +45,5 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, output_file: Path | None = N
     if output_file is not None:
         output_file = Path(output_file)
         output_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output_file.with_name(f".{output_file.name}.partial")
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        tmp.replace(output_file)
+        atomic_write(output_file, json.dumps(summary, indent=2))
     return summary

@@ -11,13 +11,9 @@ under a temporary name, then renamed, so an output file that exists is complete.
 from __future__ import annotations
 
 import gzip
-import json
-import os
 import re
-import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -26,12 +22,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import InputError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DEFAULT_MAX_VOXELS = 512 * 512 * 1024  # ~268 M voxels: 1 GiB per float32 channel, a large CT
-PARTIAL_TAG = ".partial"
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 _ITK_PREFIX = re.compile(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ")
 
@@ -499,63 +495,14 @@ def read_case_input(case: CaseInput, max_voxels: int | None = DEFAULT_MAX_VOXELS
 
 
 # ------------------------------------------------------------------------------------------- outputs
-def _stem(name: str) -> str:
-    return image_stem(name) or strip_ending(name) or (name[:-4] if name.endswith(".npz") else name)
-
-
-def _partial_prefix(name: str) -> str:
-    return f".{_stem(name)}{PARTIAL_TAG}"
-
-
-def partial_name(path: Path) -> Path:
-    """Hidden temporary name next to `path`, same extension (so writers pick the same format).
-
-    A random token makes it unique per write: processes sharing one output folder (prediction parts, on
-    one machine or many) never write to, or rename away, each other's temporary files.
-    """
-    path = Path(path)
-    return path.with_name(f"{_partial_prefix(path.name)}-{uuid.uuid4().hex[:12]}{path.name[len(_stem(path.name)):]}")
-
-
-def remove_stale_partials(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
-    """Delete temporary files a killed run left behind in `folder` (only our own naming pattern).
-
-    `names`: only the temporaries of these final file names, so that a run sharing the folder with other
-    live runs (prediction parts) removes only what it owns.
-    """
-    prefixes = None if names is None else tuple(_partial_prefix(n) for n in names)
-    removed = []
-    if Path(folder).is_dir():
-        for p in Path(folder).iterdir():
-            if not (p.name.startswith(".") and PARTIAL_TAG in p.name and p.is_file()):
-                continue
-            if prefixes is not None and not any(p.name.startswith(x) and p.name[len(x):len(x) + 1] in ("", ".", "-")
-                                                for x in prefixes):
-                continue
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
-
-
 def write_label_map(seg: np.ndarray, props: dict[str, Any], path: Path) -> None:
     """Write uint8/uint16 labels on the input grid; a crash leaves only a hidden temporary file."""
-    path = Path(path)
     dtype = np.uint8 if seg.max(initial=0) < 256 else np.uint16
     img = sitk.GetImageFromArray(seg.astype(dtype, copy=False))
     img.SetSpacing(props["sitk_stuff"]["spacing"])
     img.SetOrigin(props["sitk_stuff"]["origin"])
     img.SetDirection(props["sitk_stuff"]["direction"])
-    tmp = partial_name(path)
-    sitk.WriteImage(img, str(tmp), useCompression=True)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """JSON written under a temporary name and renamed: readers never see half a file."""
-    path = Path(path)
-    tmp = partial_name(path)
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True))
 
 
 def output_complete(path: Path) -> bool:
@@ -571,9 +518,10 @@ def output_complete(path: Path) -> bool:
 
 def write_probabilities(probs: Any, path: Path) -> None:
     """Class probabilities as float16 .npz (half the size; 3 significant digits), atomically."""
-    path = Path(path)
     arr = np.asarray(probs.cpu().numpy() if hasattr(probs, "cpu") else probs, dtype=np.float16)
-    tmp = partial_name(path)
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, probabilities=arr)
-    os.replace(tmp, path)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probabilities=arr)
+
+    atomic_write(path, save)

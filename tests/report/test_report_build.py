@@ -251,3 +251,25 @@ def test_report_for_prediction_records_model_and_checkpoint_hashes(folders, tmp_
     assert info["sha256 fold_0/checkpoint_final.pth"] == hashlib.sha256(b"weights").hexdigest()
     again = build_report(ref, pred, tmp_path / "again")  # the report sub-folder is not mistaken for a case
     assert again.n_cases == 4
+
+
+def test_report_of_a_bundle_prediction_records_the_bundle_id(folders, tmp_path):
+    """`predict -m BUNDLE --ref`: the report names the bundle and its SHA256 id, the one hash that covers it all."""
+    import hashlib
+
+    from medmamba.model_folder import SUMS
+    from medmamba.report import report_for_prediction
+
+    ref, pred = folders
+    bundle = tmp_path / "tiny_bundle"
+    files = {"plans.json": b"{}", "dataset.json": b"{}", "medmamba.json": b"{}", "metadata.json": b"{}",
+             "weights/fold_0.safetensors": b"not deserialised by a report"}
+    for name, data in files.items():
+        (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / name).write_bytes(data)
+    sums = "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in sorted(files)).encode()
+    (bundle / SUMS).write_bytes(sums)
+    res = report_for_prediction(ref, pred, model_dir=bundle, out_dir=tmp_path / "rep")
+    info = json.loads(res.summaries["tiny_bundle"].read_text(encoding="utf-8"))["manifest"]["models"]["tiny_bundle"]
+    assert info["bundle_sha256"] == hashlib.sha256(sums).hexdigest()
+    assert info["model_dir"] == str(bundle.resolve())
