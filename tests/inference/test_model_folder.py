@@ -75,3 +75,15 @@ def test_process_settings_are_restored_after_predict(tmp_path):
     with pytest.raises(MedmambaError, match="--threads must be >= 1"), process_settings(0):
         pass
 
+
+def test_every_command_that_reads_the_workspace_takes_workdir():
+    """The README's promise: predict and export find models in --workdir's results/ like train wrote them."""
+    import typer.main
+
+    from medmamba.cli.main import app
+
+    group = typer.main.get_command(app)
+    commands = {name: cmd for name, cmd in group.commands.items()}  # type: ignore[attr-defined]
+    commands.update({f"dataset {n}": c for n, c in commands.pop("dataset").commands.items()})
+    without = sorted(n for n, c in commands.items() if "--workdir" not in {o for p in c.params for o in p.opts})
+    assert without == ["compare-table", "evaluate", "networks", "report"], without
