@@ -17,6 +17,7 @@ import numpy as np
 
 from medmamba.atomic import atomic_folder
 from medmamba.errors import InputError
+from medmamba.io import strip_ending
 
 from .nnunet_raw import choose_dataset_folder, write_dataset_json
 
@@ -34,7 +35,7 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 def _case_id(entry_path: str) -> str:
     name = Path(entry_path).name
-    return re.sub(r"\.nii(\.gz)?$", "", name)
+    return strip_ending(name) or name
 
 
 def convert_msd(task_dir: Path, raw_dir: Path, dataset_id: int | None = None, overwrite: bool = False,

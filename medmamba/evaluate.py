@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
-from medmamba.io import strip_ending
+from medmamba.io import read_image, strip_ending
 
 
 def _labels_in(files: list[Path]) -> list[int]:
     found: set[int] = set()
     for f in files:
-        found |= set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f)))).astype(int).tolist())
+        found |= set(np.unique(read_image(f, max_voxels=None)[0]).astype(int).tolist())
     return sorted(found - {0})
 
 

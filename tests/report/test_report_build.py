@@ -175,7 +175,8 @@ def test_late_label_is_backfilled_and_missing_predictions_listed(tmp_path, nifti
     ("shape", "differs from reference"),
     ("float", "non-integer"),
     ("spacing", "spacing"),
-    ("corrupt", "unreadable"),
+    ("corrupt", "corrupt"),
+    ("truncated", "truncated"),  # read by medmamba.io like predict's inputs: SimpleITK alone would pad zeros
 ])
 def test_bad_input_names_the_file_and_writes_nothing(folders, tmp_path, nifti, break_it, message):
     ref, pred = folders
@@ -188,6 +189,8 @@ def test_bad_input_names_the_file_and_writes_nothing(folders, tmp_path, nifti, b
         nifti(bad, np.full((12, 14, 14), 0.5, np.float32), (1, 1, 2))
     elif break_it == "spacing":
         nifti(bad, np.zeros((12, 14, 14), np.uint8), (1, 1, 3))
+    elif break_it == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-40])
     else:
         bad.write_bytes(b"not a nifti at all")
     out = tmp_path / "out"
