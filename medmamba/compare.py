@@ -240,7 +240,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
     `deadline` (a time.time() value) keeps the queue from starting a run whose estimate does not fit before
     it; `on_result(run, row, status)` reports each run as 'done', 'skipped' (result existed) or 'not started'.
     """
-    from medmamba.atomic import atomic_write
+    from medmamba.atomic import atomic_write, remove_stale_partials
     from medmamba.plan import dataset_name
 
     output.mkdir(parents=True, exist_ok=True)
@@ -249,6 +249,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
     for run in runs:
         preset = effective_preset(run.network, profile, epochs, iterations)
         path = output / run.filename
+        remove_stale_partials(output, [run.filename])  # a run's file has one writer (its part): its leftovers
         row = existing_result(path, protocol(name, run, fold, profile, preset))
         status = "skipped"
         if row is None:

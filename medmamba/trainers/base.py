@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import medmamba
-from medmamba.atomic import atomic_write
+from medmamba.atomic import atomic_write, remove_stale_partials
 from medmamba.checkpoint import load_checkpoint
 from medmamba.presets import load_preset
 from medmamba.registry import get_network
@@ -256,10 +256,11 @@ class MedmambaTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint written atomically: a run killed mid-save (a comparison queue at the end of a
-        session) leaves the previous checkpoint intact to resume from."""
+        session) leaves the previous checkpoint intact to resume from, and its temporary is removed here."""
         buffer = io.BytesIO()
         super().save_checkpoint(buffer)  # torch.save into memory, on rank 0 only and only when checkpointing is on
-        if buffer.tell():
+        if buffer.tell():  # only rank 0 writes this name, so no other process owns its temporaries
+            remove_stale_partials(Path(filename).parent, [Path(filename).name])
             atomic_write(Path(filename), buffer.getvalue())
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
