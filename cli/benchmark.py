@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from medmamba.atomic import atomic_write
+
 from .common import WorkdirOption, console, handle_errors, progress_bar
 
 EPILOG = ("Examples:  medmamba benchmark Hippocampus  |  medmamba benchmark 4 --networks nnunet,lightm_unet -o b.json"
@@ -77,9 +79,7 @@ def benchmark(
     if rows and "patch_size" in rows[0]:
         console.print(f"patch {rows[0]['patch_size']}, batch {rows[0]['batch_size']} (train iteration)")
     if output is not None:
-        tmp = output.with_name(f".{output.name}.partial")
-        tmp.write_text(json.dumps(rows, indent=2), encoding="utf-8")
-        tmp.replace(output)
+        atomic_write(output, json.dumps(rows, indent=2))
 
 
 def _print_interleaved(folder: Path, names: list[str], rounds: int, threads: int | None, preset: str,
@@ -97,7 +97,7 @@ def _print_interleaved(folder: Path, names: list[str], rounds: int, threads: int
     console.print(table)
     console.print(f"train iteration at batch {rows[0]['batch_size']}" if rows else "")
     if output is not None:
-        output.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        atomic_write(output, json.dumps(rows, indent=2))
 
 
 def _print_profile(folder: Path, network: str, steps: int, threads: int | None, preset: str, mode: str,
@@ -118,7 +118,7 @@ def _print_profile(folder: Path, network: str, steps: int, threads: int | None, 
     console.print(table)
     console.print(f"wall {res['wall_s']:.2f} s per step (profiler on), {res['profiled_ms']:.0f} ms of self time")
     if output is not None:
-        output.write_text(json.dumps(res, indent=2), encoding="utf-8")
+        atomic_write(output, json.dumps(res, indent=2))
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:

@@ -121,7 +121,8 @@ def predict(
                                                     "predict_summary.json.")] = None,
     model_dir: Annotated[Path | None, typer.Option("--model", "-m", help="Trained model folder (printed by train) or "
                                                    "a bundle folder/.zip (from export; hashes checked before "
-                                                   "loading).")] = None,
+                                                   "loading). A relative path that does not exist is looked up "
+                                                   "under the workspace's results/.")] = None,
     folds: Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to ensemble (default: all).")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation "
                                              "(default: on for GPU, off for CPU).", show_default=False)] = None,
@@ -150,8 +151,10 @@ def predict(
     merge_summary: Annotated[Path | None, typer.Option(help="Only merge the part summaries in this output folder "
                                                        "into predict_summary.json (done automatically by the "
                                                        "last part to finish).", show_default=False)] = None,
+    workdir: WorkdirOption = None,
 ) -> None:
     """Segment images; labels are written on each input's own grid, every case is listed in predict_summary.json."""
+    from medmamba.model_folder import locate_model
     from medmamba.predict import predict_folder
 
     if merge_summary is not None:
@@ -163,6 +166,7 @@ def predict(
                if value is None]
     if missing:
         fail(f"missing option(s) {', '.join(missing)} (required unless --merge-summary)")
+    model_dir = locate_model(model_dir, workdir)
 
     plain = None if console.is_terminal else PlainPredictLog()  # no terminal: plain lines, not bars
     with progress_bar(disable=plain is not None) as bar:

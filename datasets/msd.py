@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from medmamba.atomic import atomic_folder
 from medmamba.errors import InputError
+from medmamba.io import strip_ending
 
 from .nnunet_raw import choose_dataset_folder, write_dataset_json
 
@@ -34,7 +35,7 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 def _case_id(entry_path: str) -> str:
     name = Path(entry_path).name
-    return re.sub(r"\.nii(\.gz)?$", "", name)
+    return strip_ending(name) or name
 
 
 def convert_msd(task_dir: Path, raw_dir: Path, dataset_id: int | None = None, overwrite: bool = False,
@@ -62,11 +63,9 @@ def convert_msd(task_dir: Path, raw_dir: Path, dataset_id: int | None = None, ov
     allowed = set(labels.values())
 
     folder = choose_dataset_folder(Path(raw_dir), name, dataset_id, overwrite=overwrite)
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "imagesTr").mkdir(parents=True)
-    (staging / "labelsTr").mkdir()
-    try:
+    with atomic_folder(folder) as staging:  # a failure leaves nothing behind
+        (staging / "imagesTr").mkdir()
+        (staging / "labelsTr").mkdir()
         for entry in meta["training"]:
             case = _case_id(entry["image"])
             img = _load(task_dir / entry["image"])
@@ -80,12 +79,6 @@ def convert_msd(task_dir: Path, raw_dir: Path, dataset_id: int | None = None, ov
                            name=meta.get("name", name), description=meta.get("description", ""),
                            reference=meta.get("reference", ""), licence=meta.get("licence", ""),
                            converted_from="Medical Segmentation Decathlon")
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.replace(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

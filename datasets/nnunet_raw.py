@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medmamba.atomic import atomic_write
+
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 
@@ -61,6 +63,4 @@ def write_dataset_json(folder: Path, channel_names: dict[str, str], labels: dict
         "file_ending": file_ending,
         **extra,
     }
-    tmp = folder / "dataset.json.tmp"
-    tmp.write_text(json.dumps(content, indent=2), encoding="utf-8")
-    tmp.replace(folder / "dataset.json")
+    atomic_write(folder / "dataset.json", json.dumps(content, indent=2))

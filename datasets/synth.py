@@ -7,13 +7,14 @@ optionally anisotropic grid. Everything derives from (seed, case index), so a da
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from medmamba.atomic import atomic_folder
 
 from .nnunet_raw import choose_dataset_folder, write_dataset_json
 
@@ -68,11 +69,10 @@ def make_phantom(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.ndarra
 
 
 def _save(array: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
-    # arrays are (z, y, x); NIfTI stores (x, y, z) with the affine's diagonal as spacing
+    # arrays are (z, y, x); NIfTI stores (x, y, z) with the affine's diagonal as spacing. Written straight into
+    # the staging folder, which appears under its final name only when complete.
     affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
-    tmp = path.with_name(path.name + ".part.nii.gz")
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine), tmp)
-    tmp.replace(path)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine), path)
 
 
 def synthesize_dataset(raw_dir: Path, name: str = "Phantoms", cases: int = 20, size: int = 48, seed: int = 0,
@@ -87,25 +87,21 @@ def synthesize_dataset(raw_dir: Path, name: str = "Phantoms", cases: int = 20, s
     if size < 16:
         raise ValueError("size must be at least 16 voxels")
     folder = choose_dataset_folder(Path(raw_dir), name, dataset_id, overwrite=overwrite)
-    if folder.exists():
-        shutil.rmtree(folder)
     spec = PhantomSpec((max(8, size * 2 // 5), size, size), (2.5, 1.0, 1.0)) if anisotropic \
         else PhantomSpec((size, size, size), (1.0, 1.0, 1.0))
     parts = [("Tr", i) for i in range(cases)] + [("Ts", i) for i in range(cases, cases + test_cases)]
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_cases else ()):
-        (staging / sub).mkdir(parents=True)
-    for split, i in parts:
-        rng = np.random.default_rng([seed, i])
-        image, label = make_phantom(spec, rng)
-        case = f"phantom_{i:03d}"
-        _save(image, spec.spacing, staging / f"images{split}" / f"{case}_0000.nii.gz")
-        _save(label, spec.spacing, staging / f"labels{split}" / f"{case}.nii.gz")
-        if progress is not None:
-            progress(case)
-    kind = "anisotropic" if anisotropic else "isotropic"
-    write_dataset_json(staging, {"0": "MRI"}, LABELS, cases,
-                       description=f"medmamba synthetic phantoms (seed {seed}, {kind})")
-    staging.replace(folder)
+    with atomic_folder(folder) as staging:  # an existing dataset of that name is replaced only when complete
+        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_cases else ()):
+            (staging / sub).mkdir()
+        for split, i in parts:
+            rng = np.random.default_rng([seed, i])
+            image, label = make_phantom(spec, rng)
+            case = f"phantom_{i:03d}"
+            _save(image, spec.spacing, staging / f"images{split}" / f"{case}_0000.nii.gz")
+            _save(label, spec.spacing, staging / f"labels{split}" / f"{case}.nii.gz")
+            if progress is not None:
+                progress(case)
+        kind = "anisotropic" if anisotropic else "isotropic"
+        write_dataset_json(staging, {"0": "MRI"}, LABELS, cases,
+                           description=f"medmamba synthetic phantoms (seed {seed}, {kind})")
     return folder

@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import shutil
-import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from medmamba.atomic import atomic_folder
 
 _EXT: Any = None
 _BUILD_FAILED: str | None = None
@@ -146,8 +147,7 @@ def _build(stem: str, verbose: bool) -> tuple[Any, Path]:
     ident = _identity(stem)
     final = kernel_dir(stem)
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_folder(final, if_exists="keep") as work:  # another process's identical build may win the rename
         ext = load(name=ident["name"], sources=[str(_source(stem))], extra_cflags=ident["flags"],
                    extra_ldflags=["-fopenmp"], build_directory=str(work), verbose=verbose)
         lib = work / f"{ident['name']}.so"
@@ -157,15 +157,8 @@ def _build(stem: str, verbose: bool) -> tuple[Any, Path]:
         for leftover in work.iterdir():
             if leftover.name not in (lib.name, MANIFEST):
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        work.chmod(0o755)  # mkdtemp made it private; the image's non-root user must read it
         if final.exists():  # a library that failed verification
             shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(work, final)
-        except OSError:  # another process renamed its (identical) build first
-            pass
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return ext, final / lib.name
 
 

@@ -159,7 +159,7 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
     from medmamba.plan import dataset_name
     from medmamba.report.build import versions
     from medmamba.train import model_dir, resolve_device, train_model
-    from medmamba.trainers.base import SIDECAR
+    from medmamba.workspace import SIDECAR
 
     reset_peak_rss_kib()
     dev = resolve_device(device)
@@ -249,7 +249,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
     it; `on_result(run, row, status)` reports each run as 'done', 'skipped' (result existed) or 'not started',
     and `on_epoch(run, info)` each finished epoch of a run being trained.
     """
-    from medmamba.io import write_json_atomic
+    from medmamba.atomic import atomic_write, remove_stale_partials
     from medmamba.plan import dataset_name
 
     output.mkdir(parents=True, exist_ok=True)
@@ -258,6 +258,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
     for run in runs:
         preset = effective_preset(run.network, profile, epochs, iterations)
         path = output / run.filename
+        remove_stale_partials(output, [run.filename])  # a run's file has one writer (its part): its leftovers
         row = existing_result(path, protocol(name, run, fold, profile, preset))
         status = "skipped"
         if row is None:
@@ -268,7 +269,7 @@ def compare_networks(ws: Workspace, dataset: str, runs: Sequence[Run], fold: int
                     on_result(run, None, f"not started ({why} before the deadline)")
                 continue
             row = run_one(ws, dataset, run, fold, profile, preset, device, on_epoch=_bind(on_epoch, run))
-            write_json_atomic(row, path)
+            atomic_write(path, json.dumps(row, indent=2))
             status = "done"
         rows.append(row)
         if on_result is not None:

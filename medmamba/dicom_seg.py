@@ -9,12 +9,12 @@ patient and study attributes, so it files next to the images it was computed fro
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import InputError, MedmambaError
 
 SEG_SUFFIX = "_seg.dcm"
@@ -69,8 +69,6 @@ def write_dicom_seg(seg: np.ndarray, dicom_files: list[str], dataset_json: dict[
     from highdicom.sr import CodedConcept
     from pydicom.sr.codedict import codes
 
-    from medmamba.io import partial_name
-
     out = Path(out)
     folder = Path(dicom_files[0]).parent
     sources = [pydicom.dcmread(f) for f in dicom_files]
@@ -103,10 +101,4 @@ def write_dicom_seg(seg: np.ndarray, dicom_files: list[str], dataset_json: dict[
     except (ValueError, AttributeError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or ["invalid source"])[0][:200]
         raise InputError(f"{folder}: cannot make a DICOM SEG from this series ({first})") from None
-    tmp = partial_name(out)
-    try:
-        obj.save_as(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, obj.save_as)

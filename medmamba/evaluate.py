@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
-from medmamba.io import strip_ending
+from medmamba.io import read_image, strip_ending
 
 
 def _labels_in(files: list[Path]) -> list[int]:
     found: set[int] = set()
     for f in files:
-        found |= set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f)))).astype(int).tolist())
+        found |= set(np.unique(read_image(f, max_voxels=None)[0]).astype(int).tolist())
     return sorted(found - {0})
 
 
@@ -44,7 +44,5 @@ def evaluate_folders(ref_dir: Path, pred_dir: Path, output_file: Path | None = N
     if output_file is not None:
         output_file = Path(output_file)
         output_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output_file.with_name(f".{output_file.name}.partial")
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        tmp.replace(output_file)
+        atomic_write(output_file, json.dumps(summary, indent=2))
     return summary

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medmamba.atomic import atomic_write, remove_stale_partials
 from medmamba.dicom_seg import SEG_SUFFIX, read_code_map, write_dicom_seg
 from medmamba.errors import InputError, MedmambaError
 from medmamba.io import (
@@ -31,20 +33,17 @@ from medmamba.io import (
     output_complete,
     read_case,
     read_case_input,
-    remove_stale_partials,
-    write_json_atomic,
     write_label_map,
     write_probabilities,
 )
+from medmamba.model_folder import read_model
 from medmamba.shard import SUMMARY, check_part, merge_summaries, part_summary_name, parts_finished, select_part
 from medmamba.train import quiet, resolve_device
 
-CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 FAST_STEP = 0.7
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
-__all__ = ["CHECKPOINTS", "SUMMARY", "LoadedModel", "PredictResult", "find_folds", "group_cases", "load_model",
-           "predict_folder", "read_case"]
+__all__ = ["SUMMARY", "LoadedModel", "PredictResult", "group_cases", "load_model", "predict_folder", "read_case"]
 
 
 @dataclass
@@ -69,42 +68,6 @@ class PredictResult:
     merged: Path | None = None  # predict_summary.json merged from all parts, when this part finished last
 
 
-def find_folds(model_dir: Path, folds: list[str] | None, checkpoint: str | None = None) -> list[tuple[str, Path]]:
-    """(fold, checkpoint path) pairs; by default every fold_* folder with a final (else best) checkpoint."""
-    names = [f"fold_{f}" for f in folds] if folds else sorted(p.name for p in model_dir.glob("fold_*") if p.is_dir())
-    found = []
-    for name in names:
-        candidates = (checkpoint,) if checkpoint else CHECKPOINTS
-        path = next((model_dir / name / c for c in candidates if (model_dir / name / c).is_file()), None)
-        if path is None:
-            raise MedmambaError(f"{model_dir / name}: no {' or '.join(candidates)} found")
-        found.append((name[5:], path))
-    if not found:
-        raise MedmambaError(f"{model_dir}: no fold_* folders with checkpoints")
-    return found
-
-
-def _read_model_folder(model_dir: Path, folds: list[str] | None, checkpoint: str | None
-                       ) -> tuple[dict, dict, dict, list[tuple[str, dict]], Any]:
-    from medmamba.checkpoint import load_checkpoint
-    from medmamba.trainers.base import SIDECAR
-
-    for required in ("plans.json", "dataset.json"):
-        if not (model_dir / required).is_file():
-            raise MedmambaError(f"{model_dir / required}: missing; not a trained model folder or bundle")
-    if not (model_dir / SIDECAR).is_file():
-        raise MedmambaError(f"{model_dir / SIDECAR}: missing; not a medmamba model folder")
-    info = json.loads((model_dir / SIDECAR).read_text(encoding="utf-8"))
-    plans = json.loads((model_dir / "plans.json").read_text(encoding="utf-8"))
-    dataset_json = json.loads((model_dir / "dataset.json").read_text(encoding="utf-8"))
-    weights, mirror_axes = [], None
-    for fold, ckpt_path in find_folds(model_dir, folds, checkpoint):
-        ckpt = load_checkpoint(ckpt_path)
-        weights.append((fold, ckpt["network_weights"]))
-        mirror_axes = ckpt.get("inference_allowed_mirroring_axes", mirror_axes)
-    return plans, dataset_json, info, weights, mirror_axes
-
-
 def load_model(model_dir: Path, folds: list[str] | None = None, device: str = "auto", tta: bool | None = None,
                step_size: float = 0.5, checkpoint: str | None = None) -> LoadedModel:
     """Rebuild the network from a model folder or a bundle (hashes verified first) and set up nnUNetPredictor."""
@@ -112,22 +75,11 @@ def load_model(model_dir: Path, folds: list[str] | None = None, device: str = "a
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from medmamba.bundle import is_bundle, load_bundle
     from medmamba.plan import CONFIGURATION
     from medmamba.trainers.base import make_trainer
 
-    model_dir = Path(model_dir)
-    if not model_dir.exists():
-        raise MedmambaError(f"{model_dir}: no such model folder or bundle")
-    bundle_id = None
-    if is_bundle(model_dir):
-        if checkpoint is not None:
-            raise MedmambaError(f"{model_dir}: a bundle holds one checkpoint per fold; --checkpoint does not apply")
-        b = load_bundle(model_dir, folds)
-        plans, dataset_json, info, weights, mirror_axes, bundle_id = (b.plans, b.dataset_json, b.info, b.weights,
-                                                                      b.mirror_axes, b.bundle_id)
-    else:
-        plans, dataset_json, info, weights, mirror_axes = _read_model_folder(model_dir, folds, checkpoint)
+    m = read_model(model_dir, folds, checkpoint)
+    plans, dataset_json, info = m.plans, m.dataset_json, m.info
     trainer_cls = make_trainer(info["network"], info["profile"], preset=info["preset"])
     plans_manager = PlansManager(plans)
     cm = plans_manager.get_configuration(info.get("configuration", CONFIGURATION))
@@ -139,18 +91,38 @@ def load_model(model_dir: Path, folds: list[str] | None = None, device: str = "a
     predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_tta,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(network, plans_manager, cm, [w for _, w in weights], dataset_json,
-                                    trainer_cls.__name__, tuple(mirror_axes) if mirror_axes is not None else None)
-    return LoadedModel(predictor, n_channels, info, [f for f, _ in weights], bundle_id)
+    predictor.manual_initialization(network, plans_manager, cm, [w for _, w in m.weights], dataset_json,
+                                    trainer_cls.__name__, tuple(m.mirror_axes) if m.mirror_axes is not None else None)
+    return LoadedModel(predictor, n_channels, info, [f for f, _ in m.weights], m.bundle_id)
 
 
-def _configure_cpu(threads: int | None) -> None:
-    """Thread count for torch on CPU, and flush denormals (FastSurfer #165: 85 -> 11 min on CPU)."""
-    if threads is not None:
-        if threads < 1:
-            raise MedmambaError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
+def _flush_denormal_on() -> bool:
+    """Whether torch flushes denormals now (torch has no getter: then the smallest float32 subnormal reads 0)."""
+    return bool((torch.tensor([1e-45], dtype=torch.float32) * 1.0).item() == 0.0)
+
+
+@contextmanager
+def process_settings(threads: int | None) -> Iterator[None]:
+    """Predict's process-wide settings, restored on return so a library caller's own settings survive.
+
+    torch threads (`threads`, else torch's choice), flushed denormals (FastSurfer #165: 85 -> 11 min on CPU)
+    and ITK's console warnings off (multi-line C++ noise; inputs are checked by medmamba.io instead).
+    """
+    import SimpleITK as sitk
+
+    if threads is not None and threads < 1:
+        raise MedmambaError(f"--threads must be >= 1, got {threads}")
+    saved = (torch.get_num_threads(), _flush_denormal_on(), sitk.ProcessObject.GetGlobalWarningDisplay())
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.set_flush_denormal(saved[1])
+        sitk.ProcessObject.SetGlobalWarningDisplay(saved[2])
 
 
 def _maybe_dicom_seg(seg: Any, case: Any, model: LoadedModel, output_dir: Path, code_map: dict,
@@ -222,102 +194,99 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
     `num_parts`/`part_id`: predict only part `part_id` (see medmamba.shard); parts may run concurrently into
     one `output_dir`, each with its own summary, merged into predict_summary.json by the last to finish.
     """
-    import SimpleITK as sitk
-
     from medmamba.workspace import apply_env_defaults
 
     apply_env_defaults()  # nnU-Net's CPU-friendly process counts, unless the user set them
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are multi-line C++ noise; we check ourselves
     if fast:
         tta, step_size = False, max(step_size, FAST_STEP)
     if output_format not in OUTPUT_FORMATS:
         raise MedmambaError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got '{output_format}'")
     code_map = read_code_map(seg_codes) if output_format == "dicom-seg" else {}
     check_part(num_parts, part_id)
-    _configure_cpu(threads)
-    with quiet(not verbose):
-        model = load_model(model_dir, folds, device, tta, step_size)
-    if on_tile is not None:
-        watch_tiles(model.predictor, on_tile)
-    cases = collect_cases(Path(input_dir), model.n_channels, series)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary_name = SUMMARY
-    if num_parts > 1:  # touch only this part's files: the other parts may be writing into the folder right now
-        cases = select_part(cases, num_parts, part_id, key=lambda c: c.name)
-        summary_name = part_summary_name(part_id, num_parts)
-        remove_stale_partials(output_dir, [summary_name] + [f"{c.name}{s}" for c in cases
-                                                            for s in (".nii.gz", "_probabilities.npz")])
-    else:
-        remove_stale_partials(output_dir)
-    if on_start is not None:
-        on_start(len(cases))
-    result = PredictResult(summary=output_dir / summary_name)
-    import medmamba
-
-    summary: dict[str, Any] = {
-        "medmamba_version": medmamba.__version__,
-        "model": str(model_dir), "bundle_sha256": model.bundle_id, "network": model.info.get("network"),
-        "folds": model.folds, "device": str(model.predictor.device),
-        "tta": bool(model.predictor.use_mirroring and model.predictor.allowed_mirroring_axes),
-        "step_size": step_size, "threads": torch.get_num_threads(), "resume": resume,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "cases": [],
-    }
-    if num_parts > 1:
-        summary["part"] = {"id": part_id, "of": num_parts}
-    for case in cases:
-        start = time.perf_counter()
-        if on_case_start is not None:
-            on_case_start(case.name)
-        out = output_dir / f"{case.name}.nii.gz"
-        record: dict[str, Any] = {"case": case.name, "input": case.source, "output": None, "status": "ok",
-                                  "seconds": None, "error": None}
-        error = None
-        if resume and case.error is None and output_complete(out):
-            record["status"], record["output"] = "skipped", str(out)
-            result.skipped.append(out)
+    with process_settings(threads):
+        with quiet(not verbose):
+            model = load_model(model_dir, folds, device, tta, step_size)
+        if on_tile is not None:
+            watch_tiles(model.predictor, on_tile)
+        cases = collect_cases(Path(input_dir), model.n_channels, series)
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        summary_name = SUMMARY
+        if num_parts > 1:  # touch only this part's files: the other parts may be writing into the folder right now
+            cases = select_part(cases, num_parts, part_id, key=lambda c: c.name)
+            summary_name = part_summary_name(part_id, num_parts)
+            remove_stale_partials(output_dir, [summary_name] + [f"{c.name}{s}" for c in cases
+                                                                for s in (".nii.gz", "_probabilities.npz", SEG_SUFFIX)])
         else:
-            try:
-                data, props = read_case_input(case, max_voxels, model.n_channels)
-                if props.get("warnings"):
-                    record["warnings"] = props["warnings"]
-                    result.warnings.extend(props["warnings"])
-                with torch.inference_mode(), quiet(not verbose):
-                    seg = model.predictor.predict_single_npy_array(data, props, None, None, probabilities)
-                if probabilities:
-                    seg, probs = seg
-                    write_probabilities(probs, output_dir / f"{case.name}_probabilities.npz")
-                if output_format == "dicom-seg":
-                    record["dicom_seg"] = _maybe_dicom_seg(seg, case, model, output_dir, code_map, record)
-                write_label_map(seg, props, out)
-                result.written.append(out)
-                record["output"] = str(out)
-            except InputError as exc:
-                error = str(exc)
-            except MemoryError:
-                error = f"{case.source}: out of memory (lower --max-voxels to refuse such inputs up front)"
-            except RuntimeError as exc:  # torch/ITK failures on odd but valid-looking input: keep going
-                first = (str(exc).strip().splitlines() or ["runtime error"])[0][:200]
-                error = f"{case.source}: prediction failed ({first})"
-        if error is not None:
-            result.failed.append((case.name, error))
-            record["status"], record["error"] = "failed", error
-        seconds = time.perf_counter() - start
-        result.seconds[case.name] = seconds
-        record["seconds"] = round(seconds, 3)
-        summary["cases"].append(record)
-        summary["n_cases"] = len(cases)
-        for status in ("ok", "failed", "skipped"):
-            summary[f"n_{status}"] = sum(c["status"] == status for c in summary["cases"])
-        summary["scan_kernel"] = scan_kernel_status()
-        write_json_atomic(summary, result.summary)
-        if on_case is not None:
-            on_case(case.name, error)
-        if on_record is not None:
-            on_record(record)
-    summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(summary, result.summary)
-    if num_parts > 1 and parts_finished(output_dir, num_parts):
-        result.merged = merge_summaries(output_dir)
-    return result
+            remove_stale_partials(output_dir)
+        if on_start is not None:
+            on_start(len(cases))
+        result = PredictResult(summary=output_dir / summary_name)
+        import medmamba
+
+        summary: dict[str, Any] = {
+            "medmamba_version": medmamba.__version__,
+            "model": str(model_dir), "bundle_sha256": model.bundle_id, "network": model.info.get("network"),
+            "folds": model.folds, "device": str(model.predictor.device),
+            "tta": bool(model.predictor.use_mirroring and model.predictor.allowed_mirroring_axes),
+            "step_size": step_size, "threads": torch.get_num_threads(), "resume": resume,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "cases": [],
+        }
+        if num_parts > 1:
+            summary["part"] = {"id": part_id, "of": num_parts}
+        for case in cases:
+            start = time.perf_counter()
+            if on_case_start is not None:
+                on_case_start(case.name)
+            out = output_dir / f"{case.name}.nii.gz"
+            record: dict[str, Any] = {"case": case.name, "input": case.source, "output": None, "status": "ok",
+                                      "seconds": None, "error": None}
+            error = None
+            if resume and case.error is None and output_complete(out):
+                record["status"], record["output"] = "skipped", str(out)
+                result.skipped.append(out)
+            else:
+                try:
+                    data, props = read_case_input(case, max_voxels, model.n_channels)
+                    if props.get("warnings"):
+                        record["warnings"] = props["warnings"]
+                        result.warnings.extend(props["warnings"])
+                    with torch.inference_mode(), quiet(not verbose):
+                        seg = model.predictor.predict_single_npy_array(data, props, None, None, probabilities)
+                    if probabilities:
+                        seg, probs = seg
+                        write_probabilities(probs, output_dir / f"{case.name}_probabilities.npz")
+                    if output_format == "dicom-seg":
+                        record["dicom_seg"] = _maybe_dicom_seg(seg, case, model, output_dir, code_map, record)
+                    write_label_map(seg, props, out)
+                    result.written.append(out)
+                    record["output"] = str(out)
+                except InputError as exc:
+                    error = str(exc)
+                except MemoryError:
+                    error = f"{case.source}: out of memory (lower --max-voxels to refuse such inputs up front)"
+                except RuntimeError as exc:  # torch/ITK failures on odd but valid-looking input: keep going
+                    first = (str(exc).strip().splitlines() or ["runtime error"])[0][:200]
+                    error = f"{case.source}: prediction failed ({first})"
+            if error is not None:
+                result.failed.append((case.name, error))
+                record["status"], record["error"] = "failed", error
+            seconds = time.perf_counter() - start
+            result.seconds[case.name] = seconds
+            record["seconds"] = round(seconds, 3)
+            summary["cases"].append(record)
+            summary["n_cases"] = len(cases)
+            for status in ("ok", "failed", "skipped"):
+                summary[f"n_{status}"] = sum(c["status"] == status for c in summary["cases"])
+            summary["scan_kernel"] = scan_kernel_status()
+            atomic_write(result.summary, json.dumps(summary, indent=2))
+            if on_case is not None:
+                on_case(case.name, error)
+            if on_record is not None:
+                on_record(record)
+        summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write(result.summary, json.dumps(summary, indent=2))
+        if num_parts > 1 and parts_finished(output_dir, num_parts):
+            result.merged = merge_summaries(output_dir)
+        return result
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
-from medmamba.io import write_json_atomic
 
 SUMMARY = "predict_summary.json"
 _PART_RE = re.compile(r"^predict_summary\.part-(\d+)-of-(\d+)\.json$")
@@ -105,5 +105,5 @@ def merge_summaries(output_dir: Path) -> Path:
     for status in ("ok", "failed", "skipped"):
         merged[f"n_{status}"] = sum(c["status"] == status for c in merged["cases"])
     out = output_dir / SUMMARY
-    write_json_atomic(merged, out)
+    atomic_write(out, json.dumps(merged, indent=2))
     return out

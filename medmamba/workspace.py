@@ -17,6 +17,8 @@ CPU_ENV_DEFAULTS: dict[str, str] = {
     "nnUNet_compile": "false",  # torch.compile is off on CPU anyway; keep GPU runs predictable too
     "KMP_WARNINGS": "0",
 }
+#: medmamba's file next to nnU-Net's plans.json in a model folder: how to rebuild the network.
+SIDECAR = "medmamba.json"
 
 
 def apply_env_defaults() -> None:

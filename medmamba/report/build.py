@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import os
 import platform
 import re
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
 from medmamba.metrics import EMPTY_POLICIES, FLAGS, IMPLEMENTATION, METRICS, tolerance_for
 from medmamba.report import figures as F
@@ -87,16 +87,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write under a hidden temporary name and rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _json_value(v: Any) -> Any:
@@ -353,16 +343,16 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     page = H.render(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, html_path = out_dir / "metrics.csv", out_dir / "report.html"
-    write_atomic(csv_path, _csv_text(cases, nets))
+    atomic_write(csv_path, _csv_text(cases, nets))
     summary_paths = {}
     for n in nets:
         p = out_dir / ("summary.json" if len(nets) == 1 else f"summary_{n}.json")
-        write_atomic(p, json.dumps(summaries[n], indent=2))
+        atomic_write(p, json.dumps(summaries[n], indent=2))
         summary_paths[n] = p
     comp_path = None
     if len(nets) > 1:
         comp_path = out_dir / "comparison.json"
-        write_atomic(comp_path, json.dumps({
+        atomic_write(comp_path, json.dumps({
             "baseline": baseline, "networks": nets, "labels": manifest["labels"],
             "mean_std": {n: {str(lab): {m: {"mean": s["mean"], "std": s["std"], "n": s["n"], "nan": s["nan"]}
                                         for m, s in aggs[n][lab].items()} for lab in cases.labels} for n in nets},
@@ -373,42 +363,28 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     pdf_path = None
     if pdf_bytes is not None:
         pdf_path = out_dir / "report.pdf"
-        write_atomic(pdf_path, pdf_bytes)
-    write_atomic(html_path, page)
+        atomic_write(pdf_path, pdf_bytes)
+    atomic_write(html_path, page)
     return ReportResult(out_dir, csv_path, summary_paths, html_path, pdf_path, comp_path, len(cases.results),
                         time.perf_counter() - t0, data)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def report_for_prediction(ref_dir: Path, pred_dir: Path, model_dir: Path | None = None, out_dir: Path | None = None,
                           images_dir: Path | None = None, pdf: bool = False, **kwargs: Any) -> ReportResult:
     """What `medmamba predict --ref DIR` chains: a report of one prediction folder, model id and hashes included.
 
-    The network is named after the model folder; the manifest records that folder and the SHA256 of every
-    fold's checkpoint found there (checkpoint_final.pth, else checkpoint_best.pth). Default output:
+    The network is named after the model folder or bundle; the manifest records its path and either the bundle's
+    SHA256 id or the SHA256 of every fold's checkpoint (medmamba.model_folder.model_identity). Default output:
     PRED/report/ (a sub-folder, so the predictions folder still holds only label maps at its top level).
     """
+    from medmamba.model_folder import model_identity
+
     pred_dir = Path(pred_dir)
     info: dict[str, Any] = {}
     name = pred_dir.resolve().name
     if model_dir is not None:
-        model_dir = Path(model_dir)
-        name = model_dir.resolve().name
-        info["model_dir"] = str(model_dir.resolve())
-        for fold in sorted(p for p in model_dir.glob("fold_*") if p.is_dir()):
-            ckpt = next((fold / c for c in ("checkpoint_final.pth", "checkpoint_best.pth") if (fold / c).is_file()),
-                        None)
-            if ckpt is not None:
-                info[f"sha256 {fold.name}/{ckpt.name}"] = _sha256(ckpt)
+        name = Path(model_dir).resolve().name
+        info = model_identity(Path(model_dir))
     if not _NAME_RE.match(name):
         name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-") or "prediction"
     return build_report(ref_dir, {name: pred_dir}, Path(out_dir) if out_dir else pred_dir / "report",

@@ -1,8 +1,9 @@
 """Finding, matching and reading the cases of a report; metrics of every case for every network.
 
 Reference and prediction files are matched by name (CASE.nii.gz in both folders, as nnU-Net writes them);
-images by CASE.nii.gz or nnU-Net's CASE_0000.nii.gz. Spacing comes from the reference header (SimpleITK,
-reversed to numpy axis order); a prediction on another grid is refused, not resampled.
+images by CASE.nii.gz or nnU-Net's CASE_0000.nii.gz. Files are found and read by medmamba.io (its file endings,
+its checks, nnU-Net's SimpleITKIO reader), so a report reads a file exactly as predict does. Spacing comes from
+the reference's properties (numpy axis order); a prediction on another grid is refused, not resampled.
 """
 
 from __future__ import annotations
@@ -15,22 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from medmamba.errors import InputError, MedmambaError
+from medmamba.io import NIFTI_ENDINGS, case_name, read_image
 from medmamba.metrics import case_metrics, label_metrics, tolerance_for
-
-NIFTI_ENDINGS = (".nii.gz", ".nii")
-
-
-def case_name(path: Path) -> str | None:
-    """Case stem of a NIfTI file name (None for other files and hidden files)."""
-    if path.name.startswith("."):
-        return None
-    for ending in NIFTI_ENDINGS:
-        if path.name.endswith(ending):
-            return path.name[: -len(ending)]
-    return None
 
 
 def list_cases(folder: Path, what: str) -> dict[str, Path]:
@@ -60,29 +49,18 @@ class Volume:
 
 
 def read_volume(path: Path, labels: bool = True) -> Volume:
-    """Read a 3D NIfTI with SimpleITK; label maps must hold integers (refused with the file named otherwise)."""
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        last = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else "read error"
-        raise InputError(f"{path}: unreadable image ({last})") from None
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: expected a 3D single-component image, got {img.GetDimension()}D "
-                         f"with {img.GetNumberOfComponentsPerPixel()} components")
-    spacing = tuple(float(s) for s in img.GetSpacing())[::-1]
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"{path}: invalid voxel spacing {spacing[::-1]}")
-    if 0 in img.GetSize():
-        raise InputError(f"{path}: has a zero-size axis {img.GetSize()}")
-    arr = sitk.GetArrayFromImage(img)
+    """Read one 3D image with medmamba.io's checked reader; label maps must hold non-negative integers."""
+    data, props = read_image(Path(path), max_voxels=None)
+    if data.shape[0] != 1:
+        raise InputError(f"{path}: expected a 3D single-component image, got {data.shape[0]} channels")
+    arr = data[0]
     if labels:
-        if not np.issubdtype(arr.dtype, np.integer):
-            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-                raise InputError(f"{path}: label map holds non-integer values")
-            arr = arr.astype(np.int32)
+        if np.any(arr != np.round(arr)):
+            raise InputError(f"{path}: label map holds non-integer values")
         if arr.min(initial=0) < 0:
             raise InputError(f"{path}: label map holds negative values")
-    return Volume(arr, spacing, tuple(img.GetDirection()), Path(path))
+        arr = arr.astype(np.uint8 if arr.max(initial=0) < 256 else np.int32)
+    return Volume(arr, tuple(float(s) for s in props["spacing"]), tuple(props["sitk_stuff"]["direction"]), Path(path))
 
 
 def find_image(images_dir: Path | None, case: str) -> Path | None:

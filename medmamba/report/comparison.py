@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
-from medmamba.report.build import write_atomic
 
 
 @dataclass
@@ -195,7 +195,7 @@ def replace_between_markers(document: Path, key: str, body: str) -> None:
     if not pattern.search(text):
         raise MedmambaError(f"{document}: no '{begin}' ... '{end}' markers to write the table between")
     new = pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)
-    write_atomic(document, new.encode("utf-8"))
+    atomic_write(document, new.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -214,14 +214,14 @@ def write_comparison(folder: Path, document: Path | None = None, key: str | None
     groups = load_results(folder)
     table = results_table(groups, baseline, label_names)
     plot = Path(folder) / "dice_boxplot.png"
-    write_atomic(plot, dice_box_plot(groups, f"{groups[0].runs[0]['protocol']['dataset']}: per-case Dice"))
+    atomic_write(plot, dice_box_plot(groups, f"{groups[0].runs[0]['protocol']['dataset']}: per-case Dice"))
     curves = []
     for g in groups:
         for r in g.runs:
             if not _finite(r["mean_dice"]) or r["mean_dice"] < curve_below:
                 path = Path(folder) / "curves" / f"{g.network}_seed{r['protocol']['seed']}.png"
                 path.parent.mkdir(exist_ok=True)
-                write_atomic(path, curve_png(r))
+                atomic_write(path, curve_png(r))
                 curves.append(path)
     body = f"{protocol_line(groups)}\n\n{table}\n\n![per-case Dice by network]({_rel(plot, document)})"
     if curves:

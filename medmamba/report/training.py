@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medmamba.atomic import atomic_write
 from medmamba.errors import MedmambaError
 
 _LINE = re.compile(r"^\d{4}-\d{2}-\d{2} [\d:.]+: (?P<msg>.*?)\s*$")
@@ -188,7 +188,4 @@ def write_training_report(fold_output_folder: Path, out_file: Path | None = None
             + table(["", ""], [[esc(a), esc(b)] for a, b in facts]) + img_tag(png, "training curves") + val_html
             + "<h2>Per epoch</h2>" + table(cols, epoch_rows) + "</body></html>")
     out = Path(out_file) if out_file else fold / "training_report.html"
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, page)

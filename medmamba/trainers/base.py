@@ -32,12 +32,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import medmamba
+from medmamba.atomic import atomic_write, remove_stale_partials
 from medmamba.checkpoint import load_checkpoint
 from medmamba.presets import load_preset
 from medmamba.registry import get_network
 from medmamba.trainers.build import build_network
-
-SIDECAR = "medmamba.json"
+from medmamba.workspace import SIDECAR
 
 
 class MedmambaTrainer(nnUNetTrainer):
@@ -272,13 +272,13 @@ class MedmambaTrainer(nnUNetTrainer):
             self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint written under a temporary name and renamed: a run killed mid-save (a
-        comparison queue at the end of a session) leaves the previous checkpoint intact to resume from."""
-        tmp = f"{filename}.partial"
-        super().save_checkpoint(tmp)
-        # only rank 0 writes, so only rank 0 renames: another rank would see rank 0's half-written file
-        if self.local_rank == 0 and Path(tmp).is_file():
-            Path(tmp).replace(filename)
+        """nnU-Net's checkpoint written atomically: a run killed mid-save (a comparison queue at the end of a
+        session) leaves the previous checkpoint intact to resume from, and its temporary is removed here."""
+        buffer = io.BytesIO()
+        super().save_checkpoint(buffer)  # torch.save into memory, on rank 0 only and only when checkpointing is on
+        if buffer.tell():  # only rank 0 writes this name, so no other process owns its temporaries
+            remove_stale_partials(Path(filename).parent, [Path(filename).name])
+            atomic_write(Path(filename), buffer.getvalue())
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True):
         super().print_to_log_file(*args, also_print_to_console=also_print_to_console and self.verbose,
@@ -368,7 +368,5 @@ def write_sidecar(model_dir: Path, trainer: MedmambaTrainer) -> None:
         "configuration": trainer.configuration_name,
         "medmamba_version": medmamba.__version__,
     }
-    tmp = model_dir / (SIDECAR + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    tmp.replace(model_dir / SIDECAR)
+    atomic_write(model_dir / SIDECAR, json.dumps(info, indent=2))
 

@@ -1,8 +1,9 @@
 """The layer contract, checked on every import statement of the installed package's sources:
 
     kernels < nets.blocks < nets < trainers < pipeline (train, predict, plan, compare, ...) < cli
-    with report, io, metrics beside the pipeline, and registry/presets/errors/workspace/checkpoint below
-    the trainers. Nothing up to nets imports nnU-Net (nnunetv2): the trainers are where it comes in.
+    with report, io, model_folder, metrics beside the pipeline, registry/presets/errors/workspace/checkpoint
+    below the trainers, and atomic (standard-library file writing) at the bottom, usable by the kernels.
+    Nothing up to nets imports nnU-Net (nnunetv2): the trainers are where it comes in.
 
 import-linter cannot check this package: its `kernels/` and `cli/` folders are mapped into `medmamba.*`
 by setuptools package-dir, which its graph builder does not follow; so the contract is read here with ast
@@ -22,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # layer of each module prefix (longest prefix wins); a module may import its own layer and lower ones
 LAYERS = {
-    "medmamba.kernels": 0,
+    "medmamba.kernels": 0, "medmamba.atomic": 0,
     "medmamba.errors": 1, "medmamba.registry": 1, "medmamba.presets": 1,
     "medmamba.nets.blocks": 2,
     "medmamba.nets": 3,
     "medmamba.checkpoint": 4, "medmamba.workspace": 4,
     "medmamba.trainers": 5,
-    "medmamba.metrics": 6, "medmamba.io": 6, "medmamba.report": 6, "medmamba.datasets": 6, "medmamba.plans": 6,
+    "medmamba.metrics": 6, "medmamba.io": 6, "medmamba.model_folder": 6, "medmamba.report": 6,
+    "medmamba.datasets": 6, "medmamba.plans": 6,
     "medmamba": 7,  # the pipeline modules: train, predict, plan, compare, bundle, benchmark, evaluate, params
     "medmamba.cli": 8,
 }

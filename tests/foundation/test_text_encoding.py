@@ -83,10 +83,10 @@ def test_an_html_report_writes_under_an_ascii_locale(tmp_path):
     code = ("import locale, sys\n"
             "assert locale.getpreferredencoding(False).lower() in ('ansi_x3.4-1968', 'ascii'), "
             "locale.getpreferredencoding(False)\n"
-            "from medmamba.report.build import write_atomic\n"
+            "from medmamba.atomic import atomic_write\n"
             "from pathlib import Path\n"
             "p = Path(sys.argv[1])\n"
-            "write_atomic(p, '<p>mean \\u00b1 std \\u00b7 \\u0394V</p>')\n"
+            "atomic_write(p, '<p>mean \\u00b1 std \\u00b7 \\u0394V</p>')\n"
             "print(p.read_text(encoding='utf-8') == '<p>mean \\u00b1 std \\u00b7 \\u0394V</p>')\n")
     env = {"PATH": "/usr/bin:/bin", "PYTHONUTF8": "0", "LC_ALL": "C"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.html")], env=env, capture_output=True,

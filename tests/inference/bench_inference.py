@@ -23,8 +23,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    from medmamba.bundle import export_bundle, load_bundle
+    from medmamba.bundle import export_bundle
     from medmamba.io import read_case
+    from medmamba.model_folder import load_bundle
     from medmamba.predict import predict_folder
 
     work = Path(tempfile.mkdtemp(prefix="bench_inf_"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medmamba.bundle import SUMS, BundleError, load_bundle, verify_files
+from medmamba.model_folder import SUMS, BundleError, load_bundle, verify_files
 
 from .conftest import run_cli
 

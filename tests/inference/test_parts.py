@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from medmamba.atomic import partial_name, remove_stale_partials
 from medmamba.errors import MedmambaError
-from medmamba.io import partial_name, remove_stale_partials
 from medmamba.shard import merge_summaries, part_summary_name, select_part
 
 from .conftest import run_cli

@@ -175,7 +175,8 @@ def test_late_label_is_backfilled_and_missing_predictions_listed(tmp_path, nifti
     ("shape", "differs from reference"),
     ("float", "non-integer"),
     ("spacing", "spacing"),
-    ("corrupt", "unreadable"),
+    ("corrupt", "corrupt"),
+    ("truncated", "truncated"),  # read by medmamba.io like predict's inputs: SimpleITK alone would pad zeros
 ])
 def test_bad_input_names_the_file_and_writes_nothing(folders, tmp_path, nifti, break_it, message):
     ref, pred = folders
@@ -188,6 +189,8 @@ def test_bad_input_names_the_file_and_writes_nothing(folders, tmp_path, nifti, b
         nifti(bad, np.full((12, 14, 14), 0.5, np.float32), (1, 1, 2))
     elif break_it == "spacing":
         nifti(bad, np.zeros((12, 14, 14), np.uint8), (1, 1, 3))
+    elif break_it == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-40])
     else:
         bad.write_bytes(b"not a nifti at all")
     out = tmp_path / "out"
@@ -251,3 +254,25 @@ def test_report_for_prediction_records_model_and_checkpoint_hashes(folders, tmp_
     assert info["sha256 fold_0/checkpoint_final.pth"] == hashlib.sha256(b"weights").hexdigest()
     again = build_report(ref, pred, tmp_path / "again")  # the report sub-folder is not mistaken for a case
     assert again.n_cases == 4
+
+
+def test_report_of_a_bundle_prediction_records_the_bundle_id(folders, tmp_path):
+    """`predict -m BUNDLE --ref`: the report names the bundle and its SHA256 id, the one hash that covers it all."""
+    import hashlib
+
+    from medmamba.model_folder import SUMS
+    from medmamba.report import report_for_prediction
+
+    ref, pred = folders
+    bundle = tmp_path / "tiny_bundle"
+    files = {"plans.json": b"{}", "dataset.json": b"{}", "medmamba.json": b"{}", "metadata.json": b"{}",
+             "weights/fold_0.safetensors": b"not deserialised by a report"}
+    for name, data in files.items():
+        (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / name).write_bytes(data)
+    sums = "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in sorted(files)).encode()
+    (bundle / SUMS).write_bytes(sums)
+    res = report_for_prediction(ref, pred, model_dir=bundle, out_dir=tmp_path / "rep")
+    info = json.loads(res.summaries["tiny_bundle"].read_text(encoding="utf-8"))["manifest"]["models"]["tiny_bundle"]
+    assert info["bundle_sha256"] == hashlib.sha256(sums).hexdigest()
+    assert info["model_dir"] == str(bundle.resolve())
