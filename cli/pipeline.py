@@ -166,6 +166,7 @@ def predict(
                if value is None]
     if missing:
         fail(f"missing option(s) {', '.join(missing)} (required unless --merge-summary)")
+    assert input_dir is not None and output_dir is not None and model_dir is not None  # checked just above
     model_dir = locate_model(model_dir, workdir)
 
     plain = None if console.is_terminal else PlainPredictLog()  # no terminal: plain lines, not bars

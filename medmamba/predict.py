@@ -221,7 +221,8 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             remove_stale_partials(output_dir)
         if on_start is not None:
             on_start(len(cases))
-        result = PredictResult(summary=output_dir / summary_name)
+        summary_path = output_dir / summary_name
+        result = PredictResult(summary=summary_path)
         import medmamba
 
         summary: dict[str, Any] = {
@@ -279,13 +280,13 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             for status in ("ok", "failed", "skipped"):
                 summary[f"n_{status}"] = sum(c["status"] == status for c in summary["cases"])
             summary["scan_kernel"] = scan_kernel_status()
-            atomic_write(result.summary, json.dumps(summary, indent=2))
+            atomic_write(summary_path, json.dumps(summary, indent=2))
             if on_case is not None:
                 on_case(case.name, error)
             if on_record is not None:
                 on_record(record)
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write(result.summary, json.dumps(summary, indent=2))
+        atomic_write(summary_path, json.dumps(summary, indent=2))
         if num_parts > 1 and parts_finished(output_dir, num_parts):
             result.merged = merge_summaries(output_dir)
         return result
