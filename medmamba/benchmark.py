@@ -309,18 +309,13 @@ def _label_compiled_ops() -> None:
     """
     import torch
 
-    from medmamba.kernels import cpu
+    from medmamba.kernels import cpu, fused
 
     modules = []
     if cpu.extension_available():
         modules.append(cpu.load_extension())
-    try:
-        from medmamba.kernels import fused
-
-        if fused.fused_available():
-            modules.append(fused.load_fused())
-    except ImportError:
-        pass
+    if fused.fused_available():
+        modules.append(fused.load_fused())
     for ext in modules:
         for attr in dir(ext):
             fn = getattr(ext, attr)

@@ -29,7 +29,6 @@ from medmamba.errors import InputError, MedmambaError
 from medmamba.io import (
     DEFAULT_MAX_VOXELS,
     collect_cases,
-    group_cases,
     output_complete,
     read_case,
     read_case_input,
@@ -43,7 +42,7 @@ from medmamba.train import quiet, resolve_device
 FAST_STEP = 0.7
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
-__all__ = ["SUMMARY", "LoadedModel", "PredictResult", "group_cases", "load_model", "predict_folder", "read_case"]
+__all__ = ["SUMMARY", "LoadedModel", "PredictResult", "load_model", "predict_folder", "read_case"]
 
 
 @dataclass

@@ -15,7 +15,6 @@ from medmamba.io.cases import (
     case_name,
     collect_cases,
     dicom_series,
-    group_cases,
     image_stem,
     strip_ending,
 )
@@ -34,6 +33,6 @@ from medmamba.io.write import output_complete, write_label_map, write_probabilit
 
 __all__ = ["DEFAULT_MAX_VOXELS", "IMAGE_ENDINGS", "NIFTI_ENDINGS", "CaseInput", "Header", "case_name",
            "check_geometry", "check_header", "check_metaimage_complete", "check_nifti_complete",
-           "check_nifti_header", "collect_cases", "dicom_series", "group_cases", "image_stem", "itk_reason",
+           "check_nifti_header", "collect_cases", "dicom_series", "image_stem", "itk_reason",
            "output_complete", "read_case", "read_case_input", "read_dicom_case", "read_header", "read_image",
            "strip_ending", "write_label_map", "write_probabilities"]

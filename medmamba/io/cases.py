@@ -41,34 +41,6 @@ def image_stem(name: str) -> str | None:
     return None
 
 
-def group_cases(input_dir: Path, n_channels: int) -> dict[str, list[Path]]:
-    """Group a folder's NIfTI files into cases: CASE_0000.nii.gz, CASE_0001.nii.gz ... or CASE.nii.gz (1 channel)."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise InputError(f"{input_dir}: not a folder")
-    channels: dict[str, dict[int, Path]] = defaultdict(dict)
-    for path in sorted(input_dir.iterdir()):
-        stem = strip_ending(path.name)
-        if stem is None or path.name.startswith("."):
-            continue
-        m = _CHANNEL_RE.match(stem)
-        if m:
-            channels[m.group("case")][int(m.group("ch"))] = path
-        elif n_channels == 1:
-            channels[stem][0] = path
-        else:
-            raise InputError(f"{path}: multi-channel model needs files named CASE_0000{path.name[len(stem):]} ...")
-    if not channels:
-        raise InputError(f"{input_dir}: no NIfTI images (.nii.gz/.nii) found")
-    cases: dict[str, list[Path]] = {}
-    for case, chans in channels.items():
-        if sorted(chans) != list(range(n_channels)):
-            raise InputError(f"{input_dir / case}: has channels {sorted(chans)}, the model needs "
-                             f"{list(range(n_channels))}")
-        cases[case] = [chans[c] for c in range(n_channels)]
-    return cases
-
-
 @dataclass
 class CaseInput:
     """One case to predict: its channel files (or a DICOM series), or why it cannot be predicted."""

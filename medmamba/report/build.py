@@ -158,7 +158,7 @@ def _caption(r: CaseResult, nets: Sequence[str], cases: Cases) -> str:
     return f"{r.case} — " + " | ".join(parts)
 
 
-def _overlays(data: ReportData, images_dir: Path | None, max_overlays: int, dpi: int) -> None:
+def _overlays(data: ReportData, images_dir: Path | None, max_overlays: int) -> None:
     """Re-read the shown cases (worst first) and draw them; keep only their 2D slices for the PDF."""
     shown = data.order[:max_overlays] if max_overlays >= 0 else data.order
     if len(shown) < len(data.order):
@@ -323,7 +323,7 @@ def build_report(ref_dir: Path, pred_dirs: Path | str | Mapping[str, Path | str]
     data = ReportData(title, cases, nets, baseline, aggs, comp, manifest,
                       worst_first(cases.results, baseline, cases.labels), baseline)
     t1 = time.perf_counter()
-    _overlays(data, Path(images_dir) if images_dir else None, max_overlays, dpi)
+    _overlays(data, Path(images_dir) if images_dir else None, max_overlays)
     box_metrics = ("dice", "hd95_mm", "assd_mm", "nsd", "vol_diff_ml")
     per_values = {net: {lab: {m: [float(r.metrics[net][lab][m]) for r in cases.results if net in r.metrics]
                               for m in box_metrics} for lab in cases.labels} for net in nets}
