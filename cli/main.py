@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Annotated
 
@@ -67,8 +68,19 @@ def demo(
     console.print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min")
 
 
+def _never_fail_on_encoding() -> None:
+    """Under a non-UTF-8 locale (PYTHONUTF8=0 with LC_ALL=C, an ISO-8859 LANG: some containers and CI runners)
+    a printed '…' or box-drawing character would end the command with UnicodeEncodeError; replace what the
+    terminal or log cannot show instead. Files are always written as UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding not in ("utf8", "utf8sig") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 def main() -> None:
     """Console-script entry point."""
+    _never_fail_on_encoding()
     app()
 
 

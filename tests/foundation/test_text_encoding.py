@@ -93,3 +93,14 @@ def test_an_html_report_writes_under_an_ascii_locale(tmp_path):
                          text=True, encoding="utf-8", timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_the_cli_prints_under_an_ascii_locale():
+    """rich shortens a cell that does not fit with '…'; where stdout is ASCII (PYTHONUTF8=0, LC_ALL=C: CI ran
+    `medmamba plan` that way) that ended the command with UnicodeEncodeError. The CLI replaces what the stream
+    cannot show."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUTF8": "0", "LC_ALL": "C", "COLUMNS": "30"}
+    out = subprocess.run([sys.executable, "-m", "medmamba.cli", "networks"], env=env, capture_output=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr.decode("utf-8", "replace")[-2000:]
+    assert b"registered networks" in out.stdout and b"?" in out.stdout  # the ellipsis, replaced
