@@ -23,7 +23,7 @@ def plan(
 ) -> None:
     """Fingerprint, plan and preprocess a dataset (3d_fullres) with nnU-Net."""
     from medmamba.plan import plan_dataset
-    from medmamba.train import quiet
+    from medmamba.runtime import quiet
     from medmamba.workspace import open_workspace
 
     ws = open_workspace(workdir)

@@ -146,7 +146,8 @@ def _check_plan_fits(workdir: Path, nproc: int, train_kwargs: dict[str, Any]) ->
 
     from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
     from medmamba.presets import load_preset
-    from medmamba.train import resolve_device, resolve_profile
+    from medmamba.runtime import resolve_device
+    from medmamba.train import resolve_profile
     from medmamba.workspace import Workspace
 
     if train_kwargs.get("dataset") is None:

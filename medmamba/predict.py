@@ -36,8 +36,8 @@ from medmamba.io import (
     write_probabilities,
 )
 from medmamba.model_folder import read_model
+from medmamba.runtime import quiet, resolve_device
 from medmamba.shard import SUMMARY, check_part, merge_summaries, part_summary_name, parts_finished, select_part
-from medmamba.train import quiet, resolve_device
 
 FAST_STEP = 0.7
 OUTPUT_FORMATS = ("nifti", "dicom-seg")

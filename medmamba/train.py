@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import random
@@ -18,6 +17,7 @@ import torch
 from medmamba.distributed import is_main_process, process_group
 from medmamba.errors import MedmambaError
 from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
+from medmamba.runtime import quiet, resolve_device  # noqa: F401  (re-exported: callers import them from train)
 from medmamba.workspace import Workspace
 
 
@@ -30,17 +30,6 @@ class TrainResult:
     epochs_done: int
     validation: dict[str, Any] | None
     warnings: list[str]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """auto -> cuda when available, else cpu; an explicit cuda request without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MedmambaError("--device cuda: no CUDA GPU is available on this machine")
-    if device not in ("cpu", "cuda"):
-        raise MedmambaError(f"--device {device}: choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 def resolve_profile(preset: str, device: torch.device) -> str:
@@ -76,16 +65,6 @@ def _env(key: str, value: str) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(key, None)
-
-
-@contextlib.contextmanager
-def quiet(enabled: bool = True) -> Iterator[None]:
-    """Swallow nnU-Net's console chatter (its log file keeps everything)."""
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold: str | int = 0,

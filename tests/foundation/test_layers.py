@@ -27,7 +27,7 @@ LAYERS = {
     "medmamba.errors": 1, "medmamba.registry": 1, "medmamba.presets": 1,
     "medmamba.nets.blocks": 2,
     "medmamba.nets": 3,
-    "medmamba.checkpoint": 4, "medmamba.workspace": 4,
+    "medmamba.checkpoint": 4, "medmamba.workspace": 4, "medmamba.runtime": 4,
     "medmamba.trainers": 5,
     "medmamba.metrics": 6, "medmamba.io": 6, "medmamba.model_folder": 6, "medmamba.report": 6,
     "medmamba.datasets": 6, "medmamba.plans": 6,
