@@ -36,7 +36,8 @@ class Engine:
     extra: list[str] = field(default_factory=list)
 
     def __call__(self, *args: str, timeout: float = 1800, check: bool = False, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([self.exe, *args], capture_output=True, text=True, timeout=timeout, check=check, **kw)
+        return subprocess.run([self.exe, *args], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              timeout=timeout, check=check, **kw)
 
     @property
     def name(self) -> str:

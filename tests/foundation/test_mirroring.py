@@ -25,9 +25,11 @@ def _trainer(ws, network: str, profile: str):
 
 
 @pytest.mark.parametrize("profile, axes", [("cpu", None), ("default", (0, 1, 2))])
-def test_trainer_mirror_axes_follow_the_preset(tiny_workspace, monkeypatch, profile, axes):
+def test_trainer_mirror_axes_follow_the_preset(tiny_workspace, monkeypatch, tmp_path, profile, axes):
+    # nnunetv2 2.8 reads its paths from the environment when used; results go to tmp_path: the trainer makes its
+    # fold folder on construction, and the shared workspace's model folders are exported fold by fold elsewhere
     for var, path in (("nnUNet_raw", tiny_workspace.raw), ("nnUNet_preprocessed", tiny_workspace.preprocessed),
-                      ("nnUNet_results", tiny_workspace.results)):
+                      ("nnUNet_results", tmp_path)):
         monkeypatch.setenv(var, str(path))
     trainer = _trainer(tiny_workspace, "nnunet", profile)
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
