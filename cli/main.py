@@ -58,7 +58,8 @@ def demo(
     pipeline.train(name, network=network, fold="all", preset="auto", epochs=epochs, iterations=iterations,
                    device=device, continue_training=False, validate=False, seed=None, verbose=False, workdir=ws.root)
     from medmamba.plan import dataset_name
-    from medmamba.train import model_dir, resolve_device, resolve_profile
+    from medmamba.runtime import resolve_device
+    from medmamba.train import model_dir, resolve_profile
 
     raw = ws.raw / dataset_name(name)
     folder = model_dir(ws, name, network, resolve_profile("auto", resolve_device(device)))

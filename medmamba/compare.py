@@ -158,7 +158,8 @@ def run_one(ws: Workspace, dataset: str, run: Run, fold: int, profile: str, pres
     from medmamba.kernels.bench import peak_rss_kib, reset_peak_rss_kib
     from medmamba.plan import dataset_name
     from medmamba.report.build import versions
-    from medmamba.train import model_dir, resolve_device, train_model
+    from medmamba.runtime import resolve_device
+    from medmamba.train import model_dir, train_model
     from medmamba.workspace import SIDECAR
 
     reset_peak_rss_kib()

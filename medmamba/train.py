@@ -17,7 +17,7 @@ import torch
 from medmamba.distributed import is_main_process, process_group
 from medmamba.errors import MedmambaError
 from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
-from medmamba.runtime import quiet, resolve_device  # noqa: F401  (re-exported: callers import them from train)
+from medmamba.runtime import quiet, resolve_device
 from medmamba.workspace import Workspace
 
 

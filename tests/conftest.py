@@ -33,7 +33,7 @@ def tiny_workspace(tmp_path_factory: pytest.TempPathFactory):
     """Workspace with Dataset500_Tiny: 6 training + 2 held-out phantoms of 32^3, planned for 3d_fullres."""
     from medmamba.datasets.synth import synthesize_dataset
     from medmamba.plan import plan_dataset
-    from medmamba.train import quiet
+    from medmamba.runtime import quiet
     from medmamba.workspace import open_workspace
 
     ws = open_workspace(tmp_path_factory.mktemp("ws"))

@@ -204,7 +204,7 @@ def test_training_that_leaves_a_label_unlearnt_warns(tmp_path):
 
     from medmamba.datasets.synth import synthesize_dataset
     from medmamba.plan import plan_dataset
-    from medmamba.train import quiet
+    from medmamba.runtime import quiet
     from medmamba.workspace import open_workspace
 
     ws = open_workspace(tmp_path / "ws")

@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 def test_hippocampus_converts_and_plans(tmp_path, hippocampus_dir):
     from medmamba.datasets.msd import convert_msd
     from medmamba.plan import plan_dataset
-    from medmamba.train import quiet
+    from medmamba.runtime import quiet
     from medmamba.workspace import open_workspace
 
     ws = open_workspace(tmp_path / "ws")
