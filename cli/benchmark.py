@@ -37,6 +37,9 @@ def benchmark(
         metavar="NETWORK")] = None,
     profile_mode: Annotated[str, typer.Option(help="With --profile: 'train' (one iteration at the plan's "
                                                    "batch) or 'forward' (batch 1, no grad).")] = "train",
+    predict_fold: Annotated[int | None, typer.Option(
+        help="Also time nnU-Net's sliding-window prediction of this fold's validation cases (network time, "
+             "no mirroring; needs the split, i.e. one trained model).")] = None,
     workdir: WorkdirOption = None,
 ) -> None:
     """Parameters, GFLOPs per patch (scans included), CPU latency, train-iteration time, peak memory, vs nnunet."""
@@ -61,23 +64,30 @@ def benchmark(
     with progress_bar() as bar:
         task = bar.add_task("networks", total=len(names) * max(1, rounds))
         rows = benchmark_networks(folder, names, repeats, threads, on_result=lambda _: bar.advance(task),
-                                  profile=preset, rounds=rounds)
+                                  profile=preset, rounds=rounds, predict_fold=predict_fold)
     add_ratios(rows)
     table = Table(title=f"{folder.name}: cost per network (ratios to nnunet, same run)")
-    for col in ("network", "params (M)", "GFLOPs/patch", "of which scans", "forward (s)", "train iter (s)",
-                "peak RSS (MB)"):
+    columns = ["network", "params (M)", "GFLOPs/patch", "of which scans", "forward (s)", "train iter (s)",
+               "peak RSS (MB)"]
+    if predict_fold is not None:
+        columns.append(f"predict fold {predict_fold} (s)")
+    for col in columns:
         table.add_column(col, justify="left" if col == "network" else "right")
     for r in rows:
         if "error" in r:
-            table.add_row(r["network"], f"[red]error: {r['error']}[/]", "", "", "", "", "")
+            table.add_row(r["network"], f"[red]error: {r['error']}[/]", *[""] * (len(columns) - 2))
             continue
-
-        table.add_row(r["network"], _cell(r, "params_M", ".2f"), _cell(r, "gflops_per_patch", ".1f"),
-                      f"{r['scan_gflops']:.2f}", _cell(r, "forward_s", ".3f"), _cell(r, "train_iter_s", ".2f"),
-                      _cell(r, "peak_rss_MB", ".0f"))
+        cells = [_cell(r, "params_M", ".2f"), _cell(r, "gflops_per_patch", ".1f"), f"{r['scan_gflops']:.2f}",
+                 _cell(r, "forward_s", ".3f"), _cell(r, "train_iter_s", ".2f"), _cell(r, "peak_rss_MB", ".0f")]
+        if predict_fold is not None:
+            cells.append(_cell(r, "predict_s", ".1f"))
+        table.add_row(r["network"], *cells)
     console.print(table)
     if rows and "patch_size" in rows[0]:
         console.print(f"patch {rows[0]['patch_size']}, batch {rows[0]['batch_size']} (train iteration)")
+    if predict_fold is not None and rows and "predict_cases" in rows[0]:
+        console.print(f"predict: {rows[0]['predict_cases']} validation cases of fold {predict_fold}, network time "
+                      "of nnU-Net's sliding window, no mirroring")
     if output is not None:
         atomic_write(output, json.dumps(rows, indent=2))
 

@@ -87,9 +87,50 @@ def _train_step(net, xb, n_out: int):
     return step
 
 
+def validation_cases(preprocessed_dir: Path, fold: int) -> list[str]:
+    """The validation case ids of `fold` in nnU-Net's split of a planned dataset."""
+    path = preprocessed_dir / "splits_final.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; nnU-Net writes the split when a model is first trained "
+                                "(`medmamba train`)")
+    splits = json.loads(path.read_text(encoding="utf-8"))
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"{path}: has folds 0-{len(splits) - 1}, not {fold}")
+    return list(splits[fold]["val"])
+
+
+def predict_seconds(net, pm, cm, dataset_json: dict[str, Any], preprocessed_dir: Path, fold: int) -> dict[str, Any]:
+    """Network time of nnU-Net's sliding-window prediction (no mirroring, gaussian, step 0.5) over the
+    preprocessed validation cases of `fold`: what differs between networks when `predict` runs on them.
+    Reading, resampling and writing the NIfTI files are the same for every network and are left out."""
+    import blosc2
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.manual_initialization(net, pm, cm, None, dataset_json, "benchmark", None)
+    data_dir = preprocessed_dir / cm.data_identifier
+    cases = validation_cases(preprocessed_dir, fold)
+    seconds = []
+    for case in cases:
+        path = data_dir / f"{case}.b2nd"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; run `medmamba plan` to preprocess the dataset")
+        data = torch.from_numpy(blosc2.open(urlpath=str(path), mode="r")[:]).float()
+        t = time.perf_counter()
+        with torch.no_grad():
+            predictor.predict_sliding_window_return_logits(data)
+        seconds.append(time.perf_counter() - t)
+    return {"predict_fold": fold, "predict_cases": len(cases), "predict_s": sum(seconds),
+            "predict_case_s_max": max(seconds)}
+
+
 def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads: int | None = None,
-                profile: str = "cpu") -> dict[str, Any]:
-    """Measure one network in this process (called in a fresh subprocess by `benchmark_networks`)."""
+                profile: str = "cpu", predict_fold: int | None = None) -> dict[str, Any]:
+    """Measure one network in this process (called in a fresh subprocess by `benchmark_networks`).
+
+    With `predict_fold`, also the time to predict that fold's validation cases (`predict_seconds`)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -97,6 +138,13 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     net, cm, n_in, n_out = _build(network, preprocessed_dir, deep_supervision=False, profile=profile)
+    predicted: dict[str, Any] = {}
+    if predict_fold is not None:  # before the training step, so that peak RSS stays the training's
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        plans = json.loads((preprocessed_dir / "nnUNetPlans.json").read_text(encoding="utf-8"))
+        dataset_json = json.loads((preprocessed_dir / "dataset.json").read_text(encoding="utf-8"))
+        predicted = predict_seconds(net, PlansManager(plans), cm, dataset_json, preprocessed_dir, predict_fold)
     patch = list(cm.patch_size)
     batch = int(cm.batch_size)
     params = sum(p.numel() for p in net.parameters())
@@ -134,6 +182,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         "patch_size": patch,
         "batch_size": batch,
         "profile": profile,
+        **predicted,
     }
 
 
@@ -163,14 +212,17 @@ def merge_rounds(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return samples[-1]
     row = dict(ok[0])
-    for key, pick in (("forward_s", min), ("train_iter_s", min), ("peak_rss_MB", max)):
+    for key, pick in (("forward_s", min), ("train_iter_s", min), ("peak_rss_MB", max), ("predict_s", min)):
+        if key not in row:
+            continue
         row[f"{key}_all"] = [r[key] for r in ok]
         row[key] = pick(row[f"{key}_all"])
     return row
 
 
 def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int = 3, threads: int | None = None,
-                       on_result=None, profile: str = "cpu", rounds: int = 1) -> list[dict[str, Any]]:
+                       on_result=None, profile: str = "cpu", rounds: int = 1,
+                       predict_fold: int | None = None) -> list[dict[str, Any]]:
     """Run `measure_one` for each network in its own subprocess; errors are reported, not raised.
 
     With rounds > 1 the whole list is measured round-robin `rounds` times (interleaved, so that load from
@@ -183,8 +235,8 @@ def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int
     for _ in range(max(1, rounds)):
         for spec in networks:
             name, overrides = parse_network_spec(spec)
-            cmd = [sys.executable, "-m", "medmamba.benchmark", name, str(preprocessed_dir), str(repeats),
-                   str(threads or 0), profile]
+            cmd = _subprocess_cmd("measure", network=name, preprocessed_dir=str(preprocessed_dir), repeats=repeats,
+                                  threads=threads, profile=profile, predict_fold=predict_fold)
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **overrides},
                 encoding="utf-8")
             if proc.returncode == 0:
@@ -259,7 +311,7 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "nnunet") -> None:
     for r in rows:
         if "error" in r:
             continue
-        for key in ("params_M", "gflops_per_patch", "forward_s", "train_iter_s", "peak_rss_MB"):
+        for key in ("params_M", "gflops_per_patch", "forward_s", "train_iter_s", "peak_rss_MB", "predict_s"):
             if key in r and key in base:
                 r[f"{key}_ratio"] = r[key] / base[key] if base[key] else float("nan")
 
@@ -386,17 +438,20 @@ def profile_one(network: str, preprocessed_dir: Path, threads: int | None = None
 def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, threads: int | None = None,
                     profile: str = "cpu", mode: str = "train") -> dict[str, Any]:
     """`profile_one` in a fresh subprocess (same isolation as `benchmark_networks`); raises on failure."""
-    cmd = [sys.executable, "-m", "medmamba.benchmark", network, str(preprocessed_dir), str(steps), str(threads or 0),
-           profile, mode]
+    cmd = _subprocess_cmd("profile", network=network, preprocessed_dir=str(preprocessed_dir), threads=threads,
+                          profile=profile, steps=steps, forward_only=mode == "forward")
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")
     if proc.returncode != 0:
         raise RuntimeError(f"profiling {network} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-if __name__ == "__main__":
-    name, folder, reps, thr, prof = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    if len(sys.argv) > 6:  # profile mode: argv[6] is "train" or "forward"
-        print(json.dumps(profile_one(name, folder, thr or None, prof, reps, forward_only=sys.argv[6] == "forward")))
-    else:
-        print(json.dumps(measure_one(name, folder, reps, thr or None, prof)))
+def _subprocess_cmd(what: str, **kwargs: Any) -> list[str]:
+    """The command line that runs `measure_one` or `profile_one` with these arguments in a fresh process."""
+    return [sys.executable, "-m", "medmamba.benchmark", what, json.dumps(kwargs)]
+
+
+if __name__ == "__main__":  # internal: the subprocess side of benchmark_networks / profile_network
+    kw = json.loads(sys.argv[2])
+    kw["preprocessed_dir"] = Path(kw["preprocessed_dir"])
+    print(json.dumps(measure_one(**kw) if sys.argv[1] == "measure" else profile_one(**kw)))

@@ -18,3 +18,29 @@ def test_benchmark_measures_nnunet_on_the_plan(tiny_workspace):
     assert row["forward_s"] > 0 and row["train_iter_s"] > 0 and row["peak_rss_MB"] > 100
     assert row["params_M_ratio"] == pytest.approx(1.0)
     assert "unknown network" in rows[1]["error"]
+
+
+@pytest.mark.slow
+def test_benchmark_times_prediction_of_a_folds_validation_cases(tiny_workspace, tmp_path):
+    """--predict-fold runs nnU-Net's sliding window over exactly that fold's validation cases."""
+    import json
+    import shutil
+
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    from medmamba.benchmark import validation_cases
+
+    folder = tmp_path / "Dataset500_Tiny"  # a copy: the split written here must not leak into other tests
+    shutil.copytree(tiny_workspace.preprocessed / "Dataset500_Tiny", folder)
+    with pytest.raises(FileNotFoundError, match="splits_final.json"):
+        validation_cases(folder, 0)
+    ids = sorted(p.name[:-len(".b2nd")] for p in (folder / "nnUNetPlans_3d_fullres").glob("*.b2nd")
+                 if not p.name.endswith("_seg.b2nd"))
+    splits = generate_crossval_split(ids, seed=12345, n_splits=3)
+    (folder / "splits_final.json").write_text(json.dumps(splits), encoding="utf-8")
+    with pytest.raises(ValueError, match="folds 0-2, not 3"):
+        validation_cases(folder, 3)
+    row = benchmark_networks(folder, ["nnunet"], repeats=1, predict_fold=1)[0]
+    assert "error" not in row, row
+    assert row["predict_fold"] == 1 and row["predict_cases"] == len(splits[1]["val"]) == 2
+    assert 0 < row["predict_case_s_max"] <= row["predict_s"]
