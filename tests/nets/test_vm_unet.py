@@ -60,6 +60,20 @@ def test_scan_route_attention_formula():
     assert scan_route_attention(torch.ones(1, 4, 2, 3), 0.0).abs().max() == 0
 
 
+def test_scan_route_attention_matches_the_reduction_form_in_float64():
+    """The element-wise form over the K routes equals std/min/mean reductions over dim 1, gradients too."""
+    torch.manual_seed(0)
+    y = torch.randn(2, 4, 3, 50, dtype=torch.float64, requires_grad=True)
+    spread = y.std(dim=1, unbiased=True)
+    level = (y - y.min(dim=1, keepdim=True).values).mean(dim=1)
+    expected = y.sum(1) * torch.relu(spread / (level + 1e-5) - 0.5)
+    got = scan_route_attention(y, 0.5)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, y, g)[0], torch.autograd.grad(expected, y, g)[0],
+                               rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["vm_unet", "mhs_vm"])
 def test_trains_through_the_pipeline(tiny_workspace, network):

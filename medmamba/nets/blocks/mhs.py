@@ -12,6 +12,8 @@ out_proj after the gate (the paper's figure draws one); we follow the code.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,10 +25,20 @@ FAMILIES = (("snake", "raster_hwd"), ("diagonal", "raster_wdh"), ("shell", "rast
 
 
 def scan_route_attention(y: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(b, K, c, l) -> (b, c, l)."""
-    spread = y.std(dim=1, unbiased=True)
-    level = (y - y.min(dim=1, keepdim=True).values).mean(dim=1)
-    return y.sum(1) * torch.relu(spread / (level + 1e-5) - threshold)
+    """(b, K, c, l) -> (b, c, l).
+
+    Written over the K route slices (K = 4) with element-wise ops: `y.std(dim=1)` reduces over a short,
+    strided axis, which PyTorch's CPU reduction runs at a fraction of memory speed (it was 46% of MHS-VM's
+    forward). Same formula and the same order of operations: unbiased std over the routes (two-pass), then
+    mean_k(y - min_k y), each difference exact when the routes nearly agree (the level is then tiny).
+    """
+    routes = y.unbind(1)
+    total = functools.reduce(torch.add, routes)
+    mean = total / len(routes)
+    var = functools.reduce(torch.add, [(r - mean).square() for r in routes]) / (len(routes) - 1)
+    low = functools.reduce(torch.minimum, routes)
+    level = functools.reduce(torch.add, [r - low for r in routes]) / len(routes)  # not mean - low: cancels
+    return total * torch.relu(var.sqrt() / (level + 1e-5) - threshold)
 
 
 class MultiHeadScan(nn.Module):
