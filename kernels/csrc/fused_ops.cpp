@@ -183,6 +183,25 @@ torch::Tensor route_gather(torch::Tensor x, torch::Tensor index) {
   const int64_t sb = x.stride(0), sk = kx == 1 ? 0 : x.stride(1), sc = x.stride(2), sl = x.stride(3);
   const int64_t* ip = index.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
+  if (sc == 1 && sl != 1) {
+    // Token-major x (a network's (b, l, c) activations seen as (b, c, l)): row by row, every element would
+    // be its own cache miss. Tiles of kTile route positions instead: their kTile source tokens (c floats
+    // each, contiguous) stay in L1 while each channel's kTile outputs are written as one contiguous run.
+    constexpr int64_t kTile = 16;
+    const int64_t ntile = (l + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < nb * K * ntile; ++task) {
+      const int64_t b = task / (K * ntile), k = (task / ntile) % K, i0 = (task % ntile) * kTile;
+      const int64_t n = std::min(kTile, l - i0);
+      const float* base = xp + b * sb + k * sk;
+      const float* src[kTile];
+      for (int64_t t = 0; t < n; ++t) src[t] = base + ip[k * l + i0 + t] * sl;
+      float* dst = op + (b * K + k) * c * l + i0;
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t t = 0; t < n; ++t) dst[ch * l + t] = src[t][ch];
+    }
+    return out;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < nb * K * c; ++row) {
     const int64_t b = row / (K * c), k = (row / c) % K, ch = row % c;

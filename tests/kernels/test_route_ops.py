@@ -46,3 +46,19 @@ def test_route_ops_gradcheck():
     inverse = inverse_routes(routes)
     x = torch.randn(1, 2, 2, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: route_unscan(route_scan(t, routes, inverse) ** 2, routes, inverse), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_route_scan_of_token_major_input(dtype):
+    """A (b, l, c) activation seen as (b, c, D, H, W) (channel stride 1, as SS3D hands it over) gathers the
+    same values as a contiguous copy (float32 takes the compiled tiled path; 36 positions: two tiles and a
+    partial one)."""
+    shape, kinds = (3, 4, 3), ("raster_dhw", "raster_wdh_rev", "snake", "shell")
+    routes = build_routes(shape, kinds)
+    inverse = inverse_routes(routes)
+    tokens = torch.randn(2, 36, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    x = tokens.transpose(1, 2).reshape(2, 5, *shape)
+    assert x.stride(1) == 1
+    assert torch.equal(route_scan(x, routes, inverse), route_scan(x.contiguous(), routes, inverse))
+    assert torch.equal(route_scan(x, routes, inverse), cross_scan(x, routes))
+
