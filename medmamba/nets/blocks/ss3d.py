@@ -63,9 +63,11 @@ class RouteScan(nn.Module):
             seq = route_scan(x, routes, inverse).view(b, K, c, -1)
         else:
             seq = cross_scan(x, routes).view(b, K, c, -1)  # (b, K, c, l)
-        proj = torch.einsum("bkcl,krc->bkrl", seq, self.x_proj)
+        # per-route projections as batched matmuls over (b, K) in the (b, K, ., l) layout the scan reads:
+        # einsum routed them through (K, b*l, c) copies of the whole map, forward and backward
+        proj = torch.matmul(self.x_proj, seq)  # (K, r+2N, c) @ (b, K, c, l) -> (b, K, r+2N, l)
         dt, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        delta = torch.einsum("bkrl,kcr->bkcl", dt, self.dt_proj).reshape(b, K * c, -1)
+        delta = torch.matmul(self.dt_proj, dt).reshape(b, K * c, -1)  # (K, c, r) @ (b, K, r, l)
         y = selective_scan(seq.reshape(b, K * c, -1), delta, -torch.exp(self.A_log.float()), B.contiguous(),
                            C.contiguous(), D=self.D.float(), delta_bias=self.dt_bias.reshape(-1).float(),
                            delta_softplus=True, backend=self.scan_backend)
