@@ -110,3 +110,26 @@ def test_linear_matches_float64(m, n):
         torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
     assert torch.autograd.gradcheck(fused.linear, [t[..., :3, :].clone().requires_grad_() if t.dim() == 3 else
                                                    t.clone().requires_grad_() for t in (x, w, bs)])
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 5)])
+def test_depthwise_conv3d_matches_conv3d_in_float64(kernel):
+    """The flipped-kernel input gradient and mkldnn's weight gradient equal F.conv3d's autograd."""
+    import torch.nn.functional as F
+
+    from medmamba.kernels.fused import _DepthwiseConv3d, depthwise_conv3d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, *kernel, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = depthwise_conv3d(x, w, b)
+    ref = F.conv3d(x, w, b, 1, [k // 2 for k in kernel], 1, 3)
+    assert out.grad_fn is not None and "DepthwiseConv3d" in type(out.grad_fn).__name__
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(_DepthwiseConv3d.apply, (x, w, b))
+    with pytest.raises(ValueError, match="odd kernels"):
+        depthwise_conv3d(x, torch.zeros(3, 1, 2, 3, 3, dtype=torch.float64))

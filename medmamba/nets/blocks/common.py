@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref
+from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, depthwise_conv3d
 
 
 def triple(v: Sequence[int] | int) -> tuple[int, int, int]:
@@ -16,14 +16,22 @@ def triple(v: Sequence[int] | int) -> tuple[int, int, int]:
     return int(a), int(b), int(c)
 
 
+class DepthwiseConv3d(nn.Conv3d):
+    """nn.Conv3d(ch, ch, k, padding=k // 2, groups=ch) (same parameters and state_dict keys) whose backward
+    avoids mkldnn's slow depthwise input gradient on the CPU (`medmamba.kernels.fused.depthwise_conv3d`)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv3d(x, self.weight, self.bias)
+
+
 class DWSepConv3d(nn.Sequential):
     """Depthwise 3D conv followed by a pointwise conv: LightM-UNet's cheap replacement for a full conv."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3):
-        super().__init__(
-            nn.Conv3d(in_ch, in_ch, kernel_size, padding=kernel_size // 2, groups=in_ch),
-            nn.Conv3d(in_ch, out_ch, 1),
-        )
+        super().__init__(DepthwiseConv3d(in_ch, kernel_size), nn.Conv3d(in_ch, out_ch, 1))
 
 
 def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import DepthwiseConv3d
 from .ss3d import RouteScan
 
 # 3D analogues of MHS-VM's 2D families (snake, diagonal zigzag, spiral, raster), each with its partner
@@ -74,7 +75,7 @@ class MHSBlock(nn.Module):
                  scan_backend: str = "auto"):
         super().__init__()
         self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
-        self.conv = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.conv = DepthwiseConv3d(dim, 3)
         self.mhs = MultiHeadScan(dim, heads, d_state, sra_threshold, scan_backend)
         self.norm = nn.LayerNorm(dim)
 

@@ -17,6 +17,7 @@ from medmamba.kernels import build_routes, cross_scan, cross_unscan, selective_s
 from medmamba.kernels.fused import fused_enabled
 from medmamba.kernels.route_ops import inverse_routes, route_scan, route_unscan
 
+from .common import DepthwiseConv3d
 from .mamba import a_log_init, dt_bias_init, init_dt_weight_
 
 DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
@@ -84,7 +85,7 @@ class SS3D(nn.Module):
         # as SS2D: the delta rank follows the block's model width (ceil(d_model/16)), not the inner width
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.conv = nn.Conv3d(d_inner, d_inner, d_conv, padding=d_conv // 2, groups=d_inner)
+        self.conv = DepthwiseConv3d(d_inner, d_conv)
         self.scan = RouteScan(d_inner, tuple(routes), d_state, dt_rank, scan_backend=scan_backend)
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
