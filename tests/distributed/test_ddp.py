@@ -11,7 +11,8 @@ float32 noise in gradients that are zero in exact arithmetic (conv biases before
 instance) becomes lr-sized weight differences. The Mamba network (vm_unet, the VMamba family that
 breaks under DataParallel elsewhere) is therefore compared twice: its weights after N SGD steps (its cpu
 preset with the optimizer switched to SGD), and its first-step gradient under its own AdamW preset, read
-from AdamW's first moment (exp_avg = (1 - beta1) * gradient after one step).
+from AdamW's first moment (exp_avg = (1 - beta1) * gradient after one step). Any network whose cpu preset
+uses Adam(W) (uxlstm_bot too, since issue 14) takes the same switch to SGD in the N-step comparison.
 
 lightm_unet is not used here: in float32, even in one process, its gradient for a batch of 2 differs
 from the sum of the two per-sample gradients by up to 13% of a tensor's largest entry (3e-7 in float64),
@@ -135,7 +136,11 @@ def _launch_and_train(network, preset, iterations, tiny_workspace, tmp_path, mon
 
 @pytest.mark.parametrize("network", ["nnunet", "uxlstm_bot", "vm_unet"])
 def test_two_processes_equal_one_process(network, tiny_workspace, tmp_path, monkeypatch):
-    preset = _sgd(network) if network == "vm_unet" else "cpu"
+    from medmamba.presets import load_preset
+
+    # SGD's update is linear in the gradient, so N processes stay within float tolerance of 1 over several
+    # steps; Adam's normalisation amplifies summation-order differences (its first step has its own test)
+    preset = "cpu" if load_preset(network, "cpu")["training"]["optimizer"] == "sgd" else _sgd(network)
     one, two = _launch_and_train(network, preset, ITERATIONS, tiny_workspace, tmp_path, monkeypatch)
     single, double = _weights(one, network), _weights(two, network)
     assert single.keys() == double.keys()

@@ -32,6 +32,7 @@ def test_benchmark_times_prediction_of_a_folds_validation_cases(tiny_workspace, 
 
     folder = tmp_path / "Dataset500_Tiny"  # a copy: the split written here must not leak into other tests
     shutil.copytree(tiny_workspace.preprocessed / "Dataset500_Tiny", folder)
+    (folder / "splits_final.json").unlink(missing_ok=True)  # present when a test trained in the workspace before
     with pytest.raises(FileNotFoundError, match="splits_final.json"):
         validation_cases(folder, 0)
     ids = sorted(p.name[:-len(".b2nd")] for p in (folder / "nnUNetPlans_3d_fullres").glob("*.b2nd")
