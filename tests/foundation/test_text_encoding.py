@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP_PARTS = {".venv", "build", "medmamba_work", ".git"}
-BINARY_OPENERS = {"tarfile", "gzip", "zipfile", "os", "io", "tempfile", "sitk", "nib", "np", "h5py", "Image"}
+BINARY_OPENERS = {"tarfile", "gzip", "zipfile", "os", "io", "tempfile", "sitk", "nib", "np", "h5py", "Image", "blosc2"}
 
 
 def _open_mode(call: ast.Call) -> str | None:
