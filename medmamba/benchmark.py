@@ -49,14 +49,19 @@ def count_scan_flops(counter: dict[str, float]):
             setattr(module, "selective_scan", original)  # noqa: B010
 
 
+def _plans_and_dataset(model_source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """nnUNetPlans.json and dataset.json of a planned dataset (or model folder)."""
+    return (json.loads((model_source / "nnUNetPlans.json").read_text(encoding="utf-8")),
+            json.loads((model_source / "dataset.json").read_text(encoding="utf-8")))
+
+
 def _build(network: str, model_source: Path, deep_supervision: bool, profile: str = "cpu"):
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from medmamba.trainers.base import make_trainer
 
-    plans = json.loads((model_source / "nnUNetPlans.json").read_text(encoding="utf-8"))
-    dataset_json = json.loads((model_source / "dataset.json").read_text(encoding="utf-8"))
+    plans, dataset_json = _plans_and_dataset(model_source)
     trainer = make_trainer(network, profile)
     from medmamba.trainers.base import apply_limits
 
@@ -99,14 +104,17 @@ def validation_cases(preprocessed_dir: Path, fold: int) -> list[str]:
     return list(splits[fold]["val"])
 
 
-def predict_seconds(net, pm, cm, dataset_json: dict[str, Any], preprocessed_dir: Path, fold: int) -> dict[str, Any]:
+def predict_seconds(net, cm, preprocessed_dir: Path, fold: int) -> dict[str, Any]:
     """Network time of nnU-Net's sliding-window prediction (no mirroring, gaussian, step 0.5) over the
     preprocessed validation cases of `fold`: what differs between networks when `predict` runs on them.
     Reading, resampling and writing the NIfTI files are the same for every network and are left out."""
     import blosc2
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    plans, dataset_json = _plans_and_dataset(preprocessed_dir)
+    pm = PlansManager(plans)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.manual_initialization(net, pm, cm, None, dataset_json, "benchmark", None)
@@ -140,11 +148,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
     net, cm, n_in, n_out = _build(network, preprocessed_dir, deep_supervision=False, profile=profile)
     predicted: dict[str, Any] = {}
     if predict_fold is not None:  # before the training step, so that peak RSS stays the training's
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        plans = json.loads((preprocessed_dir / "nnUNetPlans.json").read_text(encoding="utf-8"))
-        dataset_json = json.loads((preprocessed_dir / "dataset.json").read_text(encoding="utf-8"))
-        predicted = predict_seconds(net, PlansManager(plans), cm, dataset_json, preprocessed_dir, predict_fold)
+        predicted = predict_seconds(net, cm, preprocessed_dir, predict_fold)
     patch = list(cm.patch_size)
     batch = int(cm.batch_size)
     params = sum(p.numel() for p in net.parameters())
