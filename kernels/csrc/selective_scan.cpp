@@ -13,6 +13,9 @@
 // and runs the adjoint recurrence in reverse, one channel at a time (see bwd_channel).
 #include <torch/extension.h>
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -226,121 +229,198 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
 
 struct Grads {
   Seq du, ddt, dz, dy;
-  float *dB, *dC;  // this thread's (b, g, l, n) accumulators: channels of a group would race on shared ones
+  float *dB, *dC;  // this thread's (b, g, l, n) accumulators: blocks of a group would race on shared ones
   float *dA, *dD, *dbias;  // (b, d, n), (b, d), (b, d)
 };
 
-// Adjoint state of one channel, carried from chunk to chunk (right to left).
-template <int64_t N>
-struct ChannelAdjoint {
-  alignas(32) float g[N > 0 ? N : kMaxState], an[N > 0 ? N : kMaxState], dA[N > 0 ? N : kMaxState];
-  float dD = 0.f, db = 0.f;
-};
-
-// The backward runs one channel at a time, vectorised over the state (unlike the forward): its reductions
-// over channels (dB, dC) then become plain vector adds, and only du and ddelta need a sum over n per step.
-// The caller walks the chunks right to left and, within a chunk, the channels of one 8-channel block, so
-// the cache lines of token-major (b, l, d) tensors fetched for one channel serve the next ones too.
-// B and C must have the state as their fastest axis here (scan_bwd checks it).
-template <int64_t N>
-void bwd_chunk(const Problem& p, int64_t bi, int64_t ci, int64_t c, const float* ck, const Grads& gr, float* hs,
-               ChannelAdjoint<N>& st) {
-  const int64_t n = N > 0 ? N : p.n;
-  const int64_t gi = ci / p.dpg;
-  const float Dc = p.D != nullptr ? p.D[ci] : 0.f, bc = p.bias != nullptr ? p.bias[ci] : 0.f;
-  const float* Ac = p.A + ci * p.n;
-  const float* Bg = p.Bp + bi * p.Bs[0] + gi * p.Bs[1];
-  const float* Cg = p.Cp + bi * p.Cs[0] + gi * p.Cs[1];
-  float* dBg = gr.dB + (bi * p.g + gi) * p.l * n;
-  float* dCg = gr.dC + (bi * p.g + gi) * p.l * n;
-  alignas(32) float a[N > 0 ? N : kMaxState];
-  for (int64_t k = 0; k < n; ++k) a[k] = Ac[k];
-  const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
-  // per-step scalars of the chunk first, in loops over time that vectorise (softplus, the sigmoids)
-  alignas(32) float dts[kChunk], dsp[kChunk], us[kChunk], zs[kChunk], zsg[kChunk];
-  for (int64_t i = 0; i < len; ++i) {
-    dts[i] = p.dt.at(bi, ci, t0 + i) + bc;
-    us[i] = p.u.at(bi, ci, t0 + i);
+// out[k] += sum over the W lanes of v[k], for k < n: the channel reduction of dB_t / dC_t. With AVX2, eight
+// rows at a time through horizontal adds (9 shuffles/adds for 8 sums); elsewhere plain loops.
+inline void add_lane_sums(const float (*v)[W], int64_t n, float* out) {
+  int64_t k = 0;
+#if defined(__AVX2__)
+  for (; k + 8 <= n; k += 8) {
+    const __m256 t0 = _mm256_hadd_ps(_mm256_load_ps(v[k]), _mm256_load_ps(v[k + 1]));
+    const __m256 t1 = _mm256_hadd_ps(_mm256_load_ps(v[k + 2]), _mm256_load_ps(v[k + 3]));
+    const __m256 t2 = _mm256_hadd_ps(_mm256_load_ps(v[k + 4]), _mm256_load_ps(v[k + 5]));
+    const __m256 t3 = _mm256_hadd_ps(_mm256_load_ps(v[k + 6]), _mm256_load_ps(v[k + 7]));
+    const __m256 lo = _mm256_hadd_ps(t0, t1), hi = _mm256_hadd_ps(t2, t3);
+    const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+    _mm256_storeu_ps(out + k, _mm256_add_ps(_mm256_loadu_ps(out + k), s));
   }
-  if (p.softplus) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      dsp[i] = scan_sigmoid(dts[i]);  // d softplus / d raw
-      dts[i] = scan_softplus(dts[i]);
-    }
-  }
-  if (p.has_z) {
-    for (int64_t i = 0; i < len; ++i) zs[i] = p.z.at(bi, ci, t0 + i);
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) zsg[i] = scan_sigmoid(zs[i]);
-  }
-  for (int64_t k = 0; k < n; ++k) hs[k] = ck[(c * n + k) * W];  // the state before the chunk
-  for (int64_t i = 0; i < len; ++i) {  // recompute h_{t0} .. h_{t1-1}
-    const float dt = dts[i], dut = dt * us[i];
-    const float* Bt = Bg + (t0 + i) * p.Bs[3];
-    const float* hp = hs + i * n;
-    float* hn = hs + (i + 1) * n;
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) hn[k] = scan_exp(dt * a[k]) * hp[k] + dut * Bt[k];
-  }
-  float* g = st.g;
-  float* an = st.an;
-  float* dA = st.dA;
-  for (int64_t i = len - 1; i >= 0; --i) {
-    const int64_t t = t0 + i;
-    const float dt = dts[i], ut = us[i];
-    const float* Bt = Bg + t * p.Bs[3];
-    const float* Ct = Cg + t * p.Cs[3];
-    const float* hprev = hs + i * n;
-    const float* hcur = hs + (i + 1) * n;
-    float dyp = gr.dy.at(bi, ci, t);
-    if (p.has_z) {
-      const float zt = zs[i], sg = zsg[i];
-      float yp = Dc * ut;
-#pragma omp simd reduction(+ : yp)
-      for (int64_t k = 0; k < n; ++k) yp += Ct[k] * hcur[k];
-      gr.dz.at(bi, ci, t) = dyp * yp * sg * (1.0f + zt * (1.0f - sg));
-      dyp *= zt * sg;
-    }
-    st.dD += dyp * ut;
-    float* dBt = dBg + t * n;
-    float* dCt = dCg + t * n;
-    float du_acc = 0.f, ddt_acc = 0.f;
-#pragma omp simd reduction(+ : du_acc, ddt_acc)
-    for (int64_t k = 0; k < n; ++k) {
-      const float gk = an[k] * g[k] + Ct[k] * dyp;
-      const float dAt = scan_exp(dt * a[k]);
-      dCt[k] += dyp * hcur[k];
-      du_acc += gk * Bt[k];
-      dBt[k] += gk * dt * ut;
-      ddt_acc += gk * (ut * Bt[k] + a[k] * dAt * hprev[k]);
-      dA[k] += gk * dt * dAt * hprev[k];
-      g[k] = gk;
-      an[k] = dAt;
-    }
-    const float ddt = p.softplus ? ddt_acc * dsp[i] : ddt_acc;
-    st.db += ddt;
-    gr.du.at(bi, ci, t) = du_acc * dt + dyp * Dc;
-    gr.ddt.at(bi, ci, t) = ddt;
+#endif
+  for (; k < n; ++k) {
+    float s = 0.f;
+    for (int j = 0; j < W; ++j) s += v[k][j];
+    out[k] += s;
   }
 }
 
+// Per-thread buffers of the backward for one chunk of one block, lanes last: recomputed states h_{t0..t1}
+// and decays exp(dt_t A), per-step inputs, the block's dB_t / dC_t terms before the channel reduction,
+// and the per-step outputs written back after the chunk.
+struct BwdWork {
+  int64_t n;
+  std::vector<float, std::allocator<float>> buf;
+  float (*hs)[W];   // (kChunk + 1) * n rows
+  float (*dec)[W];  // kChunk * n rows
+  float (*dbv)[W];  // n rows (one step)
+  float (*dcv)[W];  // n rows
+  explicit BwdWork(int64_t n_) : n(n_), buf(((2 * kChunk + 1) * n_ + 2 * n_) * W + 8) {
+    auto base = reinterpret_cast<uintptr_t>(buf.data());
+    float* f = reinterpret_cast<float*>((base + 31) & ~uintptr_t(31));  // 32-byte aligned rows
+    hs = reinterpret_cast<float (*)[W]>(f);
+    dec = hs + (kChunk + 1) * n;
+    dbv = dec + kChunk * n;
+    dcv = dbv + n;
+  }
+};
+
+// The backward of one block of W channels, vectorised over the channels like the forward: the state is n
+// vectors of W lanes, B_t[k] and C_t[k] are broadcasts, and du_t / ddelta_t accumulate lane-wise (no sums
+// over the state per step). Only dB_t and dC_t need a sum over the block's channels: one reduction of n
+// vectors per step (add_lane_sums). Chunks are walked right to left; each is first recomputed from its
+// boundary state (keeping the decays, so the adjoint needs no second exp), then the adjoint recurrence
+//   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t
+// runs in reverse. Masked lanes (a block narrower than W) get dy = 0, so they add nothing to dB/dC.
+// B and C must have the state as their fastest axis here (scan_bwd checks it).
 template <int64_t N>
-void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck_block, const Grads& gr, float* hs) {
+void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const Grads& gr, BwdWork& wk) {
   const int64_t n = N > 0 ? N : p.n;
-  int64_t gi, c0;
-  int w;
-  p.block(blk, gi, c0, w);
-  std::vector<ChannelAdjoint<N>> st(w);
-  for (auto& s : st)
-    for (int64_t k = 0; k < n; ++k) s.g[k] = s.an[k] = s.dA[k] = 0.f;
-  for (int64_t c = p.nchunks - 1; c >= 0; --c)
-    for (int j = 0; j < w; ++j) bwd_chunk<N>(p, bi, c0 + j, c, ck_block + j, gr, hs, st[j]);
-  for (int j = 0; j < w; ++j) {
-    const int64_t row = bi * p.d + c0 + j;
-    for (int64_t k = 0; k < n; ++k) gr.dA[row * n + k] = st[j].dA[k];
-    gr.dD[row] = st[j].dD;
-    gr.dbias[row] = st[j].db;
+  const Block<N> bk(p, blk);
+  const float* Bg = p.Bp + bi * p.Bs[0] + bk.gi * p.Bs[1];
+  const float* Cg = p.Cp + bi * p.Cs[0] + bk.gi * p.Cs[1];
+  float* dBg = gr.dB + (bi * p.g + bk.gi) * p.l * n;
+  float* dCg = gr.dC + (bi * p.g + bk.gi) * p.l * n;
+  alignas(32) float g[N > 0 ? N : kMaxState][W], an[N > 0 ? N : kMaxState][W], dAacc[N > 0 ? N : kMaxState][W];
+  alignas(32) float dDacc[W], dbacc[W], live[W];
+  for (int64_t k = 0; k < n; ++k)
+    for (int j = 0; j < W; ++j) g[k][j] = an[k][j] = dAacc[k][j] = 0.f;
+  for (int j = 0; j < W; ++j) {
+    dDacc[j] = dbacc[j] = 0.f;
+    live[j] = j < bk.w ? 1.f : 0.f;
+  }
+  float (*hs)[W] = wk.hs;
+  float (*dec)[W] = wk.dec;
+  for (int64_t c = p.nchunks - 1; c >= 0; --c) {
+    const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
+    alignas(32) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
+        dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W];
+    for (int j = 0; j < W; ++j) {
+      for (int64_t i = 0; i < len; ++i) {
+        dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
+        us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
+        dys[i][j] = gr.dy.at(bi, bk.ch[j], t0 + i) * live[j];
+      }
+    }
+    if (p.softplus) {
+      float* f = &dts[0][0];
+      float* s = &dsp[0][0];
+#pragma omp simd
+      for (int64_t q = 0; q < len * W; ++q) {
+        s[q] = scan_sigmoid(f[q]);  // d softplus / d raw
+        f[q] = scan_softplus(f[q]);
+      }
+    }
+    if (p.has_z) {
+      for (int j = 0; j < W; ++j)
+        for (int64_t i = 0; i < len; ++i) zs[i][j] = p.z.at(bi, bk.ch[j], t0 + i);
+      const float* f = &zs[0][0];
+      float* s = &zsg[0][0];
+#pragma omp simd
+      for (int64_t q = 0; q < len * W; ++q) s[q] = scan_sigmoid(f[q]);
+    }
+    // recompute h_{t0} .. h_{t1-1} from the chunk's boundary state, keeping each step's decays
+    const float* cks = ck + c * n * W;
+    for (int64_t k = 0; k < n; ++k)
+      for (int j = 0; j < W; ++j) hs[k][j] = cks[k * W + j];
+    for (int64_t i = 0; i < len; ++i) {
+      const float* Bt = Bg + (t0 + i) * p.Bs[3];
+      alignas(32) float duv[W];
+      for (int j = 0; j < W; ++j) duv[j] = dts[i][j] * us[i][j];
+      const float (*hp)[W] = hs + i * n;
+      float (*hn)[W] = hs + (i + 1) * n;
+      float (*dc)[W] = dec + i * n;
+      for (int64_t k = 0; k < n; ++k) {
+        const float Bk = Bt[k];
+#pragma omp simd
+        for (int j = 0; j < W; ++j) {
+          dc[k][j] = scan_exp(dts[i][j] * bk.a[k][j]);
+          hn[k][j] = dc[k][j] * hp[k][j] + duv[j] * Bk;
+        }
+      }
+    }
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = t0 + i;
+      const float* Bt = Bg + t * p.Bs[3];
+      const float* Ct = Cg + t * p.Cs[3];
+      const float (*hprev)[W] = hs + i * n;
+      const float (*hcur)[W] = hs + (i + 1) * n;
+      const float (*dc)[W] = dec + i * n;
+      alignas(32) float dyp[W], dtu[W], du_acc[W], ddt_acc[W];
+      for (int j = 0; j < W; ++j) dyp[j] = dys[i][j];
+      if (p.has_z) {
+        alignas(32) float yp[W], yp2[W];
+        for (int j = 0; j < W; ++j) {
+          yp[j] = bk.Dv[j] * us[i][j];
+          yp2[j] = 0.f;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          const float Ck = Ct[k];
+          float* sum = (k & 1) ? yp2 : yp;
+#pragma omp simd
+          for (int j = 0; j < W; ++j) sum[j] += Ck * hcur[k][j];
+        }
+#pragma omp simd
+        for (int j = 0; j < W; ++j) {
+          const float zt = zs[i][j], sg = zsg[i][j];
+          dzs[i][j] = dyp[j] * (yp[j] + yp2[j]) * sg * (1.0f + zt * (1.0f - sg));
+          dyp[j] *= zt * sg;
+        }
+      }
+      for (int j = 0; j < W; ++j) {
+        dDacc[j] += dyp[j] * us[i][j];
+        dtu[j] = dts[i][j] * us[i][j];
+        du_acc[j] = ddt_acc[j] = 0.f;
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        const float Bk = Bt[k], Ck = Ct[k];
+#pragma omp simd
+        for (int j = 0; j < W; ++j) {
+          const float gk = an[k][j] * g[k][j] + Ck * dyp[j];
+          const float gq = gk * dc[k][j] * hprev[k][j];  // through the decay of step t
+          wk.dbv[k][j] = gk * dtu[j];
+          wk.dcv[k][j] = dyp[j] * hcur[k][j];
+          du_acc[j] += gk * Bk;
+          ddt_acc[j] += gk * us[i][j] * Bk + bk.a[k][j] * gq;
+          dAacc[k][j] += dts[i][j] * gq;
+          g[k][j] = gk;
+          an[k][j] = dc[k][j];
+        }
+      }
+      add_lane_sums(wk.dbv, n, dBg + t * n);
+      add_lane_sums(wk.dcv, n, dCg + t * n);
+#pragma omp simd
+      for (int j = 0; j < W; ++j) {
+        const float ddt = p.softplus ? ddt_acc[j] * dsp[i][j] : ddt_acc[j];
+        dbacc[j] += ddt * live[j];
+        ddts[i][j] = ddt;
+        dus[i][j] = du_acc[j] * dts[i][j] + dyp[j] * bk.Dv[j];
+      }
+    }
+    for (int j = 0; j < bk.w; ++j) {
+      for (int64_t i = 0; i < len; ++i) {
+        gr.du.at(bi, bk.c0 + j, t0 + i) = dus[i][j];
+        gr.ddt.at(bi, bk.c0 + j, t0 + i) = ddts[i][j];
+      }
+      if (p.has_z)
+        for (int64_t i = 0; i < len; ++i) gr.dz.at(bi, bk.c0 + j, t0 + i) = dzs[i][j];
+    }
+  }
+  for (int j = 0; j < bk.w; ++j) {
+    const int64_t row = bi * p.d + bk.c0 + j;
+    for (int64_t k = 0; k < n; ++k) gr.dA[row * n + k] = dAacc[k][j];
+    gr.dD[row] = dDacc[j];
+    gr.dbias[row] = dbacc[j];
   }
 }
 
@@ -402,14 +482,14 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
     Grads gr{seq_of(du), seq_of(ddelta), p.has_z ? seq_of(dz) : Seq{nullptr, 0, 0, 0}, seq_of(dy),
              dB_acc.data_ptr<float>() + tid * thread_stride, dC_acc.data_ptr<float>() + tid * thread_stride,
              dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>()};
-    std::vector<float> hs((kChunk + 1) * p.n);
+    BwdWork wk(p.n);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < p.b * p.nblk; ++task) {
       const int64_t bi = task / p.nblk, blk = task % p.nblk;
       const float* ck = pck + task * p.nchunks * p.n * W;
       dispatch_n(
-          p.n, [&] { bwd_block<16>(p, bi, blk, ck, gr, hs.data()); },
-          [&] { bwd_block<8>(p, bi, blk, ck, gr, hs.data()); }, [&] { bwd_block<0>(p, bi, blk, ck, gr, hs.data()); });
+          p.n, [&] { bwd_block<16>(p, bi, blk, ck, gr, wk); }, [&] { bwd_block<8>(p, bi, blk, ck, gr, wk); },
+          [&] { bwd_block<0>(p, bi, blk, ck, gr, wk); });
     }
   }
   return {du, ddelta, dA.sum(0), dB_acc.sum(0), dC_acc.sum(0), dD.sum(0), dz, dbias.sum(0)};
