@@ -80,7 +80,11 @@ def _never_fail_on_encoding() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: first the allocator (a restart with tcmalloc preloaded, see
+    medmamba/allocator.py), then the command."""
+    from medmamba.allocator import reexec_with_allocator
+
+    reexec_with_allocator()
     _never_fail_on_encoding()
     app()
 

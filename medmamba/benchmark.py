@@ -11,6 +11,7 @@ multiplies and an add for the recurrence, a multiply-add for the readout), as ma
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import statistics
@@ -20,6 +21,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from medmamba.allocator import active_allocator, child_environment
 
 SCAN_FLOPS_PER_UPDATE = 9
 
@@ -186,6 +189,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         "patch_size": patch,
         "batch_size": batch,
         "profile": profile,
+        "allocator": active_allocator(),
         **predicted,
     }
 
@@ -233,16 +237,15 @@ def benchmark_networks(preprocessed_dir: Path, networks: list[str], repeats: int
     other jobs hits all networks alike) and merged by `merge_rounds`. Network specs may carry environment
     overrides (`parse_network_spec`); the row keeps the full spec as its name.
     """
-    import os
-
     samples: dict[str, list[dict[str, Any]]] = {spec: [] for spec in networks}
     for _ in range(max(1, rounds)):
         for spec in networks:
             name, overrides = parse_network_spec(spec)
             cmd = _subprocess_cmd("measure", network=name, preprocessed_dir=str(preprocessed_dir), repeats=repeats,
                                   threads=threads, profile=profile, predict_fold=predict_fold)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **overrides},
-                encoding="utf-8")
+            # the spec's variables first, then the allocator they ask for (network@MEDMAMBA_ALLOCATOR=system)
+            proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                                  env=child_environment({**os.environ, **overrides}))
             if proc.returncode == 0:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
@@ -264,8 +267,6 @@ def interleaved_times(preprocessed_dir: Path, networks: list[str], rounds: int =
     os.environ around its steps, e.g. MEDMAMBA_FUSED=0) sees the same load within a round, so the ratios
     hold even when the seconds do not. No FLOPs or memory here: those need `benchmark_networks`' subprocesses.
     """
-    import os
-
     import torch
 
     if threads:
@@ -444,7 +445,8 @@ def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, thread
     """`profile_one` in a fresh subprocess (same isolation as `benchmark_networks`); raises on failure."""
     cmd = _subprocess_cmd("profile", network=network, preprocessed_dir=str(preprocessed_dir), threads=threads,
                           profile=profile, steps=steps, forward_only=mode == "forward")
-    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                          env=child_environment(os.environ))
     if proc.returncode != 0:
         raise RuntimeError(f"profiling {network} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

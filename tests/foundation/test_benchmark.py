@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from medmamba.allocator import find_tcmalloc
 from medmamba.benchmark import add_ratios, benchmark_networks
 
 
 @pytest.mark.slow
 def test_benchmark_measures_nnunet_on_the_plan(tiny_workspace):
     folder = tiny_workspace.preprocessed / "Dataset500_Tiny"
-    rows = benchmark_networks(folder, ["nnunet", "no_such_network"], repeats=1)
+    rows = benchmark_networks(folder, ["nnunet", "no_such_network", "nnunet@MEDMAMBA_ALLOCATOR=system"], repeats=1)
     add_ratios(rows)
     row = rows[0]
+    # each network's subprocess runs on the allocator its spec asks for (auto: tcmalloc where installed)
+    assert row["allocator"] == ("tcmalloc" if find_tcmalloc() else "system")
+    assert rows[2]["allocator"] == "system" and "error" not in rows[2]
     assert row["network"] == "nnunet" and "error" not in row
     assert 0.5 < row["params_M"] < 100 and row["gflops_per_patch"] > 0.1
     assert row["forward_s"] > 0 and row["train_iter_s"] > 0 and row["peak_rss_MB"] > 100
