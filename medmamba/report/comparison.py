@@ -145,7 +145,8 @@ def protocol_line(groups: Sequence[NetworkRuns]) -> str:
     p, b = r0["protocol"], r0["budget"]
     commits = sorted({(r["source"].get("commit") or "unknown")[:10] for g in groups for r in g.runs})
     n = sum(len(g.runs) for g in groups)
-    return (f"{n} result files; dataset {p['dataset']}, fold {p['fold']}, profile `{p['profile']}`, "
+    files = "1 result file" if n == 1 else f"{n} result files"
+    return (f"{files}; dataset {p['dataset']}, fold {p['fold']}, profile `{p['profile']}`, "
             f"{b['epochs']} epochs x {b['iterations_per_epoch']} iterations x batch {b['batch_size']} = "
             f"{b['patches']} patches, {r0['n_val_cases']} validation cases; torch {r0['versions'].get('torch')}, "
             f"nnunetv2 {r0['versions'].get('nnunetv2')}; commits {', '.join(commits)}.")
