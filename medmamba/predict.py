@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from medmamba.allocator import active_allocator
 from medmamba.atomic import atomic_write, remove_stale_partials
 from medmamba.dicom_seg import SEG_SUFFIX, read_code_map, write_dicom_seg
 from medmamba.errors import InputError, MedmambaError
@@ -279,6 +280,7 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             for status in ("ok", "failed", "skipped"):
                 summary[f"n_{status}"] = sum(c["status"] == status for c in summary["cases"])
             summary["scan_kernel"] = scan_kernel_status()
+            summary["allocator"] = active_allocator()  # tcmalloc where installed (medmamba/allocator.py)
             atomic_write(summary_path, json.dumps(summary, indent=2))
             if on_case is not None:
                 on_case(case.name, error)

@@ -159,6 +159,7 @@ def test_locked_down_run_predicts_like_the_host_with_the_compiled_kernel(runs, i
     assert summary["n_cases"] == summary["n_ok"] == n and all(c["status"] == "ok" for c in summary["cases"])
     assert summary["network"] == "lightm_unet" and summary["scan_kernel"] == "compiled", summary.get("scan_kernel")
     assert "compiled CPU scan kernel unavailable" not in proc.stderr
+    assert summary["allocator"] == "tcmalloc"  # the image ships libtcmalloc-minimal4; the entry point restarts on it
     labels = sorted(p.name for p in out.glob("*.nii.gz"))
     assert len(labels) == n
     for name in labels:  # byte-identical to `medmamba predict` outside the container
