@@ -25,7 +25,7 @@ from medmamba.errors import MedmambaError
 ENV = "MEDMAMBA_ALLOCATOR"
 _MARK = "MEDMAMBA_PRELOADED"  # what medmamba itself put into LD_PRELOAD (so that `system` can take it out)
 _GUARD = "MEDMAMBA_ALLOCATOR_REEXEC"
-# Debian/Ubuntu (libtcmalloc-minimal4, libgoogle-perftools4), Fedora/RHEL (gperftools-libs), Alpine, Homebrew
+# Debian/Ubuntu (libtcmalloc-minimal4, libgoogle-perftools4), Fedora/RHEL (gperftools-libs)
 _TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 _LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
              "/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu")
@@ -46,11 +46,15 @@ def find_tcmalloc() -> str | None:
 
 
 def wanted_library(env: Mapping[str, str]) -> str | None:
-    """The library MEDMAMBA_ALLOCATOR asks to preload in `env` (None: the system allocator)."""
+    """The library MEDMAMBA_ALLOCATOR asks to preload in `env` (None: the system allocator, or, with `auto`,
+    an allocator the user already preloads: two allocators in one process would fight over its memory)."""
     choice = env.get(ENV, "auto").strip() or "auto"
     if choice == "system":
         return None
     if choice == "auto":
+        theirs = [p for p in env.get("LD_PRELOAD", "").split(":") if p and p != env.get(_MARK)]
+        if any("malloc" in Path(p).name for p in theirs):  # jemalloc, tcmalloc, mimalloc...
+            return None
         return find_tcmalloc()
     if not Path(choice).is_file():
         raise MedmambaError(f"{ENV}={choice}: no such shared library (use auto, system or a library's path)")

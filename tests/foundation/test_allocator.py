@@ -32,6 +32,12 @@ def test_explicit_library_is_preloaded_first_and_system_takes_only_ours_out(tmp_
     assert "LD_PRELOAD" not in child_environment({**env, ENV: "system", "LD_PRELOAD": str(lib)})
 
 
+def test_auto_leaves_an_allocator_the_user_preloads_alone(tmp_path):
+    theirs = "/opt/user/libjemalloc.so.2"
+    env = child_environment({ENV: "auto", "LD_PRELOAD": theirs})
+    assert env["LD_PRELOAD"] == theirs and "MEDMAMBA_PRELOADED" not in env
+
+
 def test_missing_library_is_a_clear_error(tmp_path):
     with pytest.raises(MedmambaError, match=f"{ENV}=.*nope.so: no such shared library"):
         wanted_library({ENV: str(tmp_path / "nope.so")})
