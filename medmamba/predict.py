@@ -231,6 +231,7 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             "folds": model.folds, "device": str(model.predictor.device),
             "tta": bool(model.predictor.use_mirroring and model.predictor.allowed_mirroring_axes),
             "step_size": step_size, "threads": torch.get_num_threads(), "resume": resume,
+            "allocator": active_allocator(),  # tcmalloc where installed (medmamba/allocator.py); fixed per process
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "cases": [],
         }
         if num_parts > 1:
@@ -280,7 +281,6 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             for status in ("ok", "failed", "skipped"):
                 summary[f"n_{status}"] = sum(c["status"] == status for c in summary["cases"])
             summary["scan_kernel"] = scan_kernel_status()
-            summary["allocator"] = active_allocator()  # tcmalloc where installed (medmamba/allocator.py)
             atomic_write(summary_path, json.dumps(summary, indent=2))
             if on_case is not None:
                 on_case(case.name, error)
