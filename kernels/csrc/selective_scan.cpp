@@ -9,8 +9,8 @@
 // B_t[k] and C_t[k] are broadcasts and y_t needs no horizontal sum. Every tensor is read and written
 // through its strides, so the token-major (b, l, d) activations of a network need no transposed copies,
 // and the bias/softplus/D/z element-wise passes (and their backward) happen inside the scan.
-// The forward keeps h only at chunk boundaries; the backward recomputes each chunk from its boundary state
-// and runs the adjoint recurrence in reverse, one channel at a time (see bwd_channel).
+// The forward keeps h only at chunk boundaries; the backward, vectorised over the same 8-channel blocks,
+// recomputes each chunk from its boundary state and runs the adjoint recurrence in reverse (see bwd_block).
 #include <torch/extension.h>
 #include <omp.h>
 #if defined(__AVX2__)
@@ -255,17 +255,15 @@ inline void add_lane_sums(const float (*v)[W], int64_t n, float* out) {
   }
 }
 
-// Per-thread buffers of the backward for one chunk of one block, lanes last: recomputed states h_{t0..t1}
-// and decays exp(dt_t A), per-step inputs, the block's dB_t / dC_t terms before the channel reduction,
-// and the per-step outputs written back after the chunk.
+// Per-thread buffers of the backward, lanes last: the chunk's recomputed states h_{t0..t1} and decays
+// exp(dt_t A), and one step's dB_t / dC_t terms before the channel reduction.
 struct BwdWork {
-  int64_t n;
-  std::vector<float, std::allocator<float>> buf;
+  std::vector<float> buf;
   float (*hs)[W];   // (kChunk + 1) * n rows
   float (*dec)[W];  // kChunk * n rows
   float (*dbv)[W];  // n rows (one step)
   float (*dcv)[W];  // n rows
-  explicit BwdWork(int64_t n_) : n(n_), buf(((2 * kChunk + 1) * n_ + 2 * n_) * W + 8) {
+  explicit BwdWork(int64_t n) : buf(((2 * kChunk + 1) * n + 2 * n) * W + 8) {
     auto base = reinterpret_cast<uintptr_t>(buf.data());
     float* f = reinterpret_cast<float*>((base + 31) & ~uintptr_t(31));  // 32-byte aligned rows
     hs = reinterpret_cast<float (*)[W]>(f);
