@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmamba.kernels import build_routes, cross_scan, cross_unscan, selective_scan
-from medmamba.kernels.fused import fused_enabled
-from medmamba.kernels.route_ops import inverse_routes, route_scan, route_unscan
+from medmamba.kernels import build_routes
+from medmamba.kernels.route_ops import inverse_routes
+from medmamba.kernels.routed_scan import routed_selective_scan
 
 from .common import DepthwiseConv3d
 from .mamba import a_log_init, dt_bias_init, init_dt_weight_
@@ -54,25 +54,10 @@ class RouteScan(nn.Module):
         return self._cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        K = len(self.routes)
-        routes = self.route_table(tuple(x.shape[2:]))
-        fused = fused_enabled()
-        if fused:  # gathers both ways, no zero-filled scatter per route in the backward (kernels/route_ops.py)
-            routes = routes.to(x.device)
-            inverse = self.inverse_table(tuple(x.shape[2:]), routes)
-            seq = route_scan(x, routes, inverse).view(b, K, c, -1)
-        else:
-            seq = cross_scan(x, routes).view(b, K, c, -1)  # (b, K, c, l)
-        # per-route projections as batched matmuls over (b, K) in the (b, K, ., l) layout the scan reads:
-        # einsum routed them through (K, b*l, c) copies of the whole map, forward and backward
-        proj = torch.matmul(self.x_proj, seq)  # (K, r+2N, c) @ (b, K, c, l) -> (b, K, r+2N, l)
-        dt, B, C = torch.split(proj, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        delta = torch.matmul(self.dt_proj, dt).reshape(b, K * c, -1)  # (K, c, r) @ (b, K, r, l)
-        y = selective_scan(seq.reshape(b, K * c, -1), delta, -torch.exp(self.A_log.float()), B.contiguous(),
-                           C.contiguous(), D=self.D.float(), delta_bias=self.dt_bias.reshape(-1).float(),
-                           delta_softplus=True, backend=self.scan_backend)
-        return route_unscan(y, routes, inverse) if fused else cross_unscan(y, routes)
+        routes = self.route_table(tuple(x.shape[2:])).to(x.device)
+        inverse = self.inverse_table(tuple(x.shape[2:]), routes)
+        return routed_selective_scan(x, routes, inverse, self.x_proj, self.dt_proj, self.dt_bias,
+                                     -torch.exp(self.A_log.float()), self.D.float(), backend=self.scan_backend)
 
 
 class SS3D(nn.Module):

@@ -1,0 +1,113 @@
+"""Multi-route selective scan with per-route projections (SS3D, MHS-VM), as one op that saves little.
+
+What it computes: read a (b, c, l) map along K routes (permutations), per route k project the sequence to
+dt (rank r), B and C (N each) with x_proj[k], delta = dt_proj[k] @ dt, run ONE selective scan over all K*c
+channels (B/C grouped per route, delta bias + softplus, D skip) and put each route's output back in raster
+order: (b, K, c, l).
+
+Why one op: composed from PyTorch ops, autograd keeps the K route copies of the map (K*c floats per voxel),
+delta (K*c more) and transposed copies of B and C for the backward: on VM-UNet this was 62% of all the
+activation memory of a training step at the plan's batch (3.2 of 5.2 GiB). The compiled path here keeps
+only the map (c floats per voxel), the projections (K*(r+2N)) and the scan's chunk-boundary states, and
+recomputes the route gather and delta (a rank-r product) in the backward: memory-bound passes that cost a
+fraction of what writing and re-reading the saved copies did. Same kernels, same mathematics: outputs and
+gradients equal the composed formulation up to float32 summation order.
+
+The compiled path runs for fp32 CPU tensors when the scan backend resolves to `cpu` and MEDMAMBA_FUSED is not
+0; anything else (ref/fallback/triton backends, float64, autocast, no compiler) runs the composed ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backends import SCAN, resolve, selective_scan
+from .cpu import load_extension
+from .fused import fused_available, fused_enabled, load_fused
+from .route_ops import route_scan, route_unscan
+from .routes import cross_scan, cross_unscan
+
+_EMPTY = torch.empty(0)
+
+
+class _RoutedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, routes, inverse, x_proj, dt_proj, dt_bias, A, D):
+        gather, scan = load_fused(), load_extension()
+        b, c, length = x.shape
+        K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
+        seq = gather.route_gather(x.unsqueeze(1), routes)  # (b, K, c, l) in route order
+        # (b, K, l, r+2N): B and C come out as (b, K, N, l) views with the state contiguous, as the scan reads them
+        proj = torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2))
+        dt, B, C = _split(proj, r, n)
+        delta = torch.matmul(dt_proj, dt)  # (b, K, c, l)
+        y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), delta.view(b, K * c, length), A, B, C, D, _EMPTY,
+                                   dt_bias.reshape(-1), True, True)
+        del seq, delta, proj
+        ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt)
+        return gather.route_gather(y.view(b, K, c, length), inverse)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt = ctx.saved_tensors
+        gather, scan = load_fused(), load_extension()
+        b, c, length = x.shape
+        K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
+        dy = gather.route_gather(g, routes)  # the adjoint of reading back along the inverse routes
+        seq = gather.route_gather(x.unsqueeze(1), routes)  # recomputed, not saved
+        delta = torch.matmul(dt_proj, dt)  # recomputed, not saved
+        du, ddelta, dA, dB, dC, dD, _, dbias = scan.scan_bwd(
+            seq.view(b, K * c, length), delta.view(b, K * c, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1), True,
+            ckpt, dy.view(b, K * c, length))
+        del delta, dy
+        ddelta = ddelta.view(b, K, c, length)
+        dproj = dt.new_empty(b, K, length, r + 2 * n)  # dB/dC come back as (b, K, l, N)
+        dproj[..., r:r + n] = dB
+        dproj[..., r + n:] = dC
+        dproj[..., :r] = torch.matmul(dt_proj.transpose(-1, -2), ddelta).transpose(-1, -2)  # d dt
+        d_dt_proj = torch.matmul(ddelta, dt.transpose(-1, -2)).sum(0)  # (K, c, r)
+        del ddelta
+        d_x_proj = torch.matmul(dproj.transpose(-1, -2), seq.transpose(-1, -2)).sum(0)  # (K, r+2N, c)
+        del seq
+        dseq = du.view(b, K, c, length)
+        dseq += torch.matmul(x_proj.transpose(-1, -2), dproj.transpose(-1, -2))
+        dx = gather.route_gather_sum(dseq, inverse)
+        return dx, None, None, d_x_proj, d_dt_proj, dbias.view(K, c), dA, dD
+
+
+def _split(proj: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b, K, l, r+2N) projections -> dt (b, K, r, l), B and C (b, K, N, l), each with its own storage: the
+    rank-r products run 3-5x slower on a strided dt, and the scan walks B/C rows of N contiguous floats
+    (one cache line) instead of rows that straddle two."""
+    dt = proj[..., :r].transpose(-1, -2).contiguous()
+    B, C = (proj[..., s].contiguous().transpose(-1, -2) for s in (slice(r, r + n), slice(r + n, None)))
+    return dt, B, C
+
+
+def _compiled_path(x: torch.Tensor, backend: str, tensors: tuple[torch.Tensor, ...]) -> bool:
+    return (fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and all(t.dtype == torch.float32 for t in tensors)
+            and resolve(SCAN, backend, x.device) == "cpu" and fused_available())
+
+
+def routed_selective_scan(x: torch.Tensor, routes: torch.Tensor, inverse: torch.Tensor, x_proj: torch.Tensor,
+                          dt_proj: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+                          *, backend: str = "auto") -> torch.Tensor:
+    """x (b, c, *grid) read along routes (K, l) (inverse: their inverse permutations); x_proj (K, r+2N, c),
+    dt_proj (K, c, r), dt_bias (K, c), A (K*c, N), D (K*c,) -> the K scanned routes in raster order,
+    (b, K, c, l). delta_softplus is on, as in every Mamba mixer; `backend` is the selective scan's."""
+    b, c = x.shape[:2]
+    K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
+    x3 = x.reshape(b, c, -1)
+    if _compiled_path(x3, backend, (x3, x_proj, dt_proj, dt_bias, A, D)):
+        return _RoutedScan.apply(x3, routes, inverse, x_proj, dt_proj, dt_bias, A, D)
+    fused = fused_enabled()
+    seq = (route_scan(x3, routes, inverse) if fused else cross_scan(x3, routes)).view(b, K, c, -1)
+    # per-route projections as batched matmuls over (b, K) in the (b, K, ., l) layout the scan reads
+    proj = torch.matmul(x_proj, seq)  # (K, r+2N, c) @ (b, K, c, l) -> (b, K, r+2N, l)
+    dt, B, C = torch.split(proj, [r, n, n], dim=2)
+    delta = torch.matmul(dt_proj, dt).reshape(b, K * c, -1)  # (K, c, r) @ (b, K, r, l)
+    y = selective_scan(seq.reshape(b, K * c, -1), delta, A, B.contiguous(), C.contiguous(), D=D,
+                       delta_bias=dt_bias.reshape(-1), delta_softplus=True, backend=backend)
+    return (route_unscan(y, routes, inverse) if fused else cross_unscan(y, routes)).view(b, K, c, -1)
