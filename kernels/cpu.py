@@ -255,8 +255,8 @@ class _CompiledScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _dlast):
         u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, dz, dbias = load_extension().scan_bwd(u, delta, A, B, C, D, z, bias,
-                                                                          ctx.softplus, ckpt, dy)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, _ = load_extension().scan_bwd(u, delta, A, B, C, D, z, bias,
+                                                                             ctx.softplus, ckpt, dy, False)
         has_d, has_z, has_bias = ctx.present
         return (du, ddelta, dA, dB.transpose(-1, -2), dC.transpose(-1, -2), dD if has_d else None,
                 dz if has_z else None, dbias if has_bias else None, None)

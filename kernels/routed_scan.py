@@ -56,9 +56,9 @@ class _RoutedScan(torch.autograd.Function):
         dy = gather.route_gather(g, routes)  # the adjoint of reading back along the inverse routes
         seq = gather.route_gather(x.unsqueeze(1), routes)  # recomputed, not saved
         delta = torch.matmul(dt_proj, dt)  # recomputed, not saved
-        du, ddelta, dA, dB, dC, dD, _, dbias = scan.scan_bwd(
+        du, ddelta, dA, dB, dC, dD, _, dbias, _ = scan.scan_bwd(
             seq.view(b, K * c, length), delta.view(b, K * c, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1), True,
-            ckpt, dy.view(b, K * c, length))
+            ckpt, dy.view(b, K * c, length), False)
         del delta, dy
         ddelta = ddelta.view(b, K, c, length)
         dproj = dt.new_empty(b, K, length, r + 2 * n)  # dB/dC come back as (b, K, l, N)

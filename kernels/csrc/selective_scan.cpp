@@ -229,6 +229,7 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
 
 struct Grads {
   Seq du, ddt, dz, dy;
+  Seq y;  // the forward's output, recomputed on the way (p == nullptr: not asked for)
   float *dB, *dC;  // this thread's (b, g, l, n) accumulators: blocks of a group would race on shared ones
   float *dA, *dD, *dbias;  // (b, d, n), (b, d), (b, d)
 };
@@ -302,7 +303,8 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
   for (int64_t c = p.nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
     alignas(32) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
-        dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W];
+        dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
+    const bool want_y = gr.y.p != nullptr;
     for (int j = 0; j < W; ++j) {
       for (int64_t i = 0; i < len; ++i) {
         dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
@@ -356,7 +358,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       const float (*dc)[W] = dec + i * n;
       alignas(32) float dyp[W], dtu[W], du_acc[W], ddt_acc[W];
       for (int j = 0; j < W; ++j) dyp[j] = dys[i][j];
-      if (p.has_z) {
+      if (p.has_z || want_y) {
         alignas(32) float yp[W], yp2[W];
         for (int j = 0; j < W; ++j) {
           yp[j] = bk.Dv[j] * us[i][j];
@@ -368,11 +370,16 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
 #pragma omp simd
           for (int j = 0; j < W; ++j) sum[j] += Ck * hcur[k][j];
         }
+        if (p.has_z) {
 #pragma omp simd
-        for (int j = 0; j < W; ++j) {
-          const float zt = zs[i][j], sg = zsg[i][j];
-          dzs[i][j] = dyp[j] * (yp[j] + yp2[j]) * sg * (1.0f + zt * (1.0f - sg));
-          dyp[j] *= zt * sg;
+          for (int j = 0; j < W; ++j) {
+            const float zt = zs[i][j], sg = zsg[i][j], out = yp[j] + yp2[j];
+            dzs[i][j] = dyp[j] * out * sg * (1.0f + zt * (1.0f - sg));
+            dyp[j] *= zt * sg;
+            yo[i][j] = out * zt * sg;
+          }
+        } else {
+          for (int j = 0; j < W; ++j) yo[i][j] = yp[j] + yp2[j];
         }
       }
       for (int j = 0; j < W; ++j) {
@@ -412,6 +419,8 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       }
       if (p.has_z)
         for (int64_t i = 0; i < len; ++i) gr.dz.at(bi, bk.c0 + j, t0 + i) = dzs[i][j];
+      if (want_y)
+        for (int64_t i = 0; i < len; ++i) gr.y.at(bi, bk.c0 + j, t0 + i) = yo[i][j];
     }
   }
   for (int j = 0; j < bk.w; ++j) {
@@ -455,10 +464,11 @@ std::vector<torch::Tensor> scan_fwd(torch::Tensor u, torch::Tensor delta, torch:
   return {y, last, ckpt};
 }
 
-// Returns du, ddelta, dA (d, n), dB (b, g, l, n), dC (b, g, l, n), dD (d), dz, dbias (d).
+// Returns du, ddelta, dA (d, n), dB (b, g, l, n), dC (b, g, l, n), dD (d), dz, dbias (d), and with `return_y`
+// the forward's output y (layout of u), recomputed here so that a fused caller need not keep it.
 std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B,
                                     torch::Tensor C, torch::Tensor D, torch::Tensor z, torch::Tensor bias,
-                                    bool softplus, torch::Tensor ckpt, torch::Tensor dy) {
+                                    bool softplus, torch::Tensor ckpt, torch::Tensor dy, bool return_y) {
   const Problem p = make_problem(u, delta, A, B, C, D, z, bias, softplus);
   TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == torch::kFloat32, "bad output gradient");
   TORCH_CHECK(B.stride(2) == 1 && C.stride(2) == 1, "the backward needs B and C with the state axis contiguous");
@@ -466,6 +476,7 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
   auto du = empty_as(u);
   auto ddelta = empty_as(delta);
   auto dz = p.has_z ? empty_as(z) : torch::empty({0}, u.options());
+  auto y = return_y ? empty_as(u) : torch::empty({0}, u.options());
   auto dB_acc = torch::zeros({n_threads, p.b, p.g, p.l, p.n}, u.options());
   auto dC_acc = torch::zeros({n_threads, p.b, p.g, p.l, p.n}, u.options());
   auto dA = torch::empty({p.b, p.d, p.n}, u.options());
@@ -478,7 +489,7 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
   {
     const int tid = omp_get_thread_num();
     Grads gr{seq_of(du), seq_of(ddelta), p.has_z ? seq_of(dz) : Seq{nullptr, 0, 0, 0}, seq_of(dy),
-             dB_acc.data_ptr<float>() + tid * thread_stride, dC_acc.data_ptr<float>() + tid * thread_stride,
+             return_y ? seq_of(y) : Seq{nullptr, 0, 0, 0}, dB_acc.data_ptr<float>() + tid * thread_stride, dC_acc.data_ptr<float>() + tid * thread_stride,
              dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>()};
     BwdWork wk(p.n);
 #pragma omp for schedule(static)
@@ -490,7 +501,7 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
           [&] { bwd_block<0>(p, bi, blk, ck, gr, wk); });
     }
   }
-  return {du, ddelta, dA.sum(0), dB_acc.sum(0), dC_acc.sum(0), dD.sum(0), dz, dbias.sum(0)};
+  return {du, ddelta, dA.sum(0), dB_acc.sum(0), dC_acc.sum(0), dD.sum(0), dz, dbias.sum(0), y};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -76,4 +76,4 @@ def test_mixer_takes_the_fused_path_and_keeps_its_checkpoint_keys():
         visited.add(id(node))
         names.add(type(node).__name__)
         stack.extend(n for n, _ in node.next_functions)
-    assert {"_CausalConvBackward", "_SplitLinearBackward", "_LinearBackward"} <= names, names
+    assert "_MambaInnerBackward" in names, names

@@ -56,8 +56,8 @@ def causal_conv_silu(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                      reference: bool = False) -> torch.Tensor:
     """Depthwise causal conv (weight (d, k), left padding k-1) + SiLU along the tokens of (b, l, d).
 
-    The Mamba mixer and the ViL block both need it; the fused C++ kernel avoids mkldnn's slow depthwise
-    backward, `reference` runs the PyTorch-ops version instead.
+    The ViL block needs it (the Mamba mixer calls the kernels itself); the fused C++ kernel avoids mkldnn's
+    slow depthwise backward, `reference` runs the PyTorch-ops version instead.
     """
     conv = causal_conv1d_ref if reference else causal_conv1d
     return conv(u, weight, bias, silu=True)

@@ -13,10 +13,7 @@ import math
 import torch
 from torch import nn
 
-from medmamba.kernels import selective_scan
-from medmamba.kernels.fused import linear, split_linear
-
-from .common import causal_conv_silu
+from medmamba.kernels.mamba_inner import mamba_inner
 
 
 def init_dt_weight_(weight: torch.Tensor, dt_rank: int) -> torch.Tensor:
@@ -36,7 +33,8 @@ def a_log_init(d_state: int, rows: int) -> torch.Tensor:
 
 
 class MambaMixer(nn.Module):
-    """Sequence mixer on (b, l, d) tokens."""
+    """Sequence mixer on (b, l, d) tokens; the computation is `medmamba.kernels.mamba_inner` (one op, so that
+    its backward can recompute instead of keep), the parameters and state_dict keys are mamba_ssm's."""
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -57,20 +55,7 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def causal_conv(self, u: torch.Tensor) -> torch.Tensor:
-        """The conv1d's weights run by the shared causal conv; the reference scan backend keeps the whole mixer
-        in PyTorch ops, as the oracle for the compiled path."""
-        return causal_conv_silu(u, self.conv1d.weight[:, 0, :], self.conv1d.bias,
-                                reference=self.scan_backend == "ref")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (b, l, d_inner) each; split_linear's backward needs no cat of the halves' gradients
-        u, z = split_linear(x, self.in_proj.weight, None, [self.d_inner, self.d_inner])
-        u = self.causal_conv(u)
-        dbc = self.x_proj(u)  # (b, l, r + 2N)
-        dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = linear(dt, self.dt_proj.weight)  # the bias goes into the scan as delta_bias
-        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()),
-                           B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z.transpose(1, 2),
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.scan_backend)
-        return self.out_proj(y.transpose(1, 2))
+        return mamba_inner(x, self.in_proj.weight, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.x_proj.weight,
+                           self.dt_proj.weight, self.dt_proj.bias.float(), -torch.exp(self.A_log.float()),
+                           self.D.float(), self.out_proj.weight, backend=self.scan_backend)

@@ -1,5 +1,6 @@
-"""The routed selective scan (SS3D/MHS-VM's K-route scan as one op): its compiled path gives the composed
-formulation's values and gradients, matches a float64 reference, and keeps far less for the backward."""
+"""The ops whose backward recomputes instead of keeps: the routed selective scan (SS3D/MHS-VM's K-route scan)
+and the Mamba mixer's inner computation (LightM-UNet). Their compiled paths give the composed formulation's
+values and gradients, match a float64 reference, and keep far less for the backward."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from medmamba.kernels import build_routes, cpu, fused
+from medmamba.kernels.mamba_inner import mamba_inner
 from medmamba.kernels.route_ops import inverse_routes
 from medmamba.kernels.routed_scan import routed_selective_scan
 
@@ -52,7 +54,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     (9, 8, 1, (4, 3, 5), ("raster_dhw", "snake", "raster_dhw_rev", "shell"), True),  # partial 8-channel block
     (16, 5, 3, (2, 9, 8), SIX[:2], False),  # generic state size; 144 steps: three scan chunks
 ])
-def test_compiled_path_matches_composed_ops_and_float64(c, n, r, shape, kinds, token_major, monkeypatch):
+def test_routed_scan_matches_composed_ops_and_float64(c, n, r, shape, kinds, token_major, monkeypatch):
     problem = _problem(c, n, r, shape, kinds, token_major)
     out, grads = _run(*problem, backend="cpu", dtype=torch.float32)
     oracle_out, oracle_grads = _run(*problem, backend="ref", dtype=torch.float64)
@@ -79,7 +81,7 @@ def _saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def test_compiled_path_keeps_under_half_of_what_the_composed_ops_keep(monkeypatch):
+def test_routed_scan_keeps_under_half_of_what_the_composed_ops_keep(monkeypatch):
     x, params, routes, inverse, _ = _problem(32, 16, 2, (6, 8, 10), SIX, False)
     x32 = x.float().requires_grad_()
     p32 = {k: v.float().requires_grad_() for k, v in params.items()}
@@ -96,7 +98,7 @@ def test_compiled_path_keeps_under_half_of_what_the_composed_ops_keep(monkeypatc
     assert compiled < 0.5 * composed, (compiled, composed)
 
 
-def test_other_backends_and_no_grad_take_the_composed_ops():
+def test_routed_scan_takes_the_composed_ops_for_other_backends_and_no_grad():
     x, params, routes, inverse, _ = _problem(8, 4, 1, (3, 3, 3), SIX[:2], False)
     p32 = {k: v.float() for k, v in params.items()}
     args = (x.float(), routes, inverse, p32["x_proj"], p32["dt_proj"], p32["dt_bias"], -torch.exp(p32["A_log"]),
@@ -106,3 +108,63 @@ def test_other_backends_and_no_grad_take_the_composed_ops():
     b = routed_selective_scan(*args, backend="fallback")
     assert a.grad_fn is None and b.grad_fn is None
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --- the Mamba mixer's inner computation --------------------------------------------------------------------
+INNER = ("in_proj", "conv_weight", "conv_bias", "x_proj", "dt_proj", "dt_bias", "A_log", "D", "out_proj")
+
+
+def _inner_problem(d_model: int, n: int, r: int, length: int, k: int = 4):
+    gen = torch.Generator().manual_seed(1)
+    di = 2 * d_model
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    params = {"in_proj": rnd(2 * di, d_model, scale=d_model**-0.5), "conv_weight": rnd(di, k, scale=0.5),
+              "conv_bias": rnd(di, scale=0.1), "x_proj": rnd(r + 2 * n, di, scale=di**-0.5),
+              "dt_proj": rnd(di, r, scale=r**-0.5), "dt_bias": rnd(di, scale=0.5) - 3,
+              "A_log": torch.log(torch.arange(1, n + 1, dtype=torch.float64)).repeat(di, 1), "D": rnd(di),
+              "out_proj": rnd(d_model, di, scale=di**-0.5)}
+    return rnd(2, length, d_model), params, rnd(2, length, d_model)
+
+
+def _run_inner(x, params, w, backend: str, dtype: torch.dtype):
+    xl = x.to(dtype, copy=True).requires_grad_()
+    p = {k: v.to(dtype, copy=True).requires_grad_() for k, v in params.items()}
+    out = mamba_inner(xl, p["in_proj"], p["conv_weight"], p["conv_bias"], p["x_proj"], p["dt_proj"], p["dt_bias"],
+                      -torch.exp(p["A_log"]), p["D"], p["out_proj"], backend=backend)
+    (out * w.to(dtype)).sum().backward()
+    return out, {"x": xl.grad.double(), **{k: v.grad.double() for k, v in p.items()}}
+
+
+@pytest.mark.parametrize("d_model,n,r,length", [(24, 16, 2, 150), (5, 8, 1, 70), (12, 5, 3, 64)])
+def test_mamba_inner_matches_composed_ops_and_float64(d_model, n, r, length, monkeypatch):
+    problem = _inner_problem(d_model, n, r, length)
+    out, grads = _run_inner(*problem, backend="cpu", dtype=torch.float32)
+    assert type(out.grad_fn).__name__ == "_MambaInnerBackward"
+    oracle_out, oracle_grads = _run_inner(*problem, backend="ref", dtype=torch.float64)
+    monkeypatch.setenv("MEDMAMBA_FUSED", "0")
+    composed_out, composed_grads = _run_inner(*problem, backend="cpu", dtype=torch.float32)
+    assert _rel(out.detach().double(), composed_out.detach().double()) < 1e-6
+    assert _rel(out.detach().double(), oracle_out.detach()) < 1e-5
+    for k in ("x", *INNER):
+        assert _rel(grads[k], composed_grads[k]) < 1e-5, k
+        assert _rel(grads[k], oracle_grads[k]) < 1e-4, k
+
+
+def test_mamba_inner_keeps_about_half_of_what_the_composed_ops_keep(monkeypatch):
+    x, params, _ = _inner_problem(32, 16, 2, 4000)
+    x32 = x.float().requires_grad_()
+    p = {k: v.float().requires_grad_() for k, v in params.items()}
+
+    def call():
+        return mamba_inner(x32, p["in_proj"], p["conv_weight"], p["conv_bias"], p["x_proj"], p["dt_proj"],
+                           p["dt_bias"], -torch.exp(p["A_log"]), p["D"], p["out_proj"], backend="cpu")
+
+    compiled = _saved_bytes(call)
+    monkeypatch.setenv("MEDMAMBA_FUSED", "0")
+    composed = _saved_bytes(call)
+    # per token, composed: x (32) + xz (128) + u' (64) + projections (34) + delta (64) + y (64) = 386 floats;
+    # compiled: x + xz + dt, B, C = 194
+    assert compiled < 0.55 * composed, (compiled, composed)
