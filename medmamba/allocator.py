@@ -68,7 +68,8 @@ def child_environment(env: Mapping[str, str]) -> dict[str, str]:
     ours = out.pop(_MARK, "")
     if ours in preload:
         preload.remove(ours)
-    lib = wanted_library(out)
+    # decide on LD_PRELOAD without our own entry: else `auto` takes it for the user's allocator and drops it
+    lib = wanted_library({**out, "LD_PRELOAD": ":".join(preload)})
     if lib is not None:
         if lib not in preload:
             preload.insert(0, lib)

@@ -38,6 +38,19 @@ def test_auto_leaves_an_allocator_the_user_preloads_alone(tmp_path):
     assert env["LD_PRELOAD"] == theirs and "MEDMAMBA_PRELOADED" not in env
 
 
+def test_auto_hands_its_own_choice_on_to_children(tmp_path, monkeypatch):
+    """A restarted medmamba process (tcmalloc preloaded by us) starts its benchmark children on tcmalloc too:
+    our own LD_PRELOAD entry is not mistaken for an allocator the user preloads."""
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    lib.write_bytes(b"")
+    monkeypatch.setattr("medmamba.allocator.find_tcmalloc", lambda: str(lib))
+    first = child_environment({ENV: "auto"})
+    assert first["LD_PRELOAD"] == str(lib)
+    assert child_environment(first) == first
+    assert child_environment({**first, "LD_PRELOAD": f"{lib}:/opt/user/libprofiler.so"})["LD_PRELOAD"] == (
+        f"{lib}:/opt/user/libprofiler.so")
+
+
 def test_missing_library_is_a_clear_error(tmp_path):
     with pytest.raises(MedmambaError, match=f"{ENV}=.*nope.so: no such shared library"):
         wanted_library({ENV: str(tmp_path / "nope.so")})
