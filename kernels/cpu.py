@@ -245,7 +245,7 @@ class _CompiledScan(torch.autograd.Function):
         ext = load_extension()
         needs_grad = any(ctx.needs_input_grad)
         opt = [t if t is not None else _EMPTY for t in (D, z, bias)]
-        y, last, ckpt = ext.scan_fwd(u, delta, A, B, C, *opt, softplus, needs_grad)
+        y, last, ckpt = ext.scan_fwd(u, delta, A, B, C, *opt, softplus, needs_grad, _EMPTY)
         ctx.save_for_backward(u, delta, A, B, C, *opt, ckpt)
         ctx.softplus = softplus
         ctx.present = (D is not None, z is not None, bias is not None)
@@ -255,14 +255,15 @@ class _CompiledScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _dlast):
         u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, dz, dbias, _ = load_extension().scan_bwd(u, delta, A, B, C, D, z, bias,
-                                                                             ctx.softplus, ckpt, dy, False)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, *_ = load_extension().scan_bwd(
+            u, delta, A, B, C, D, z, bias, ctx.softplus, ckpt, dy, False, _EMPTY)
         has_d, has_z, has_bias = ctx.present
         return (du, ddelta, dA, dB.transpose(-1, -2), dC.transpose(-1, -2), dD if has_d else None,
                 dz if has_z else None, dbias if has_bias else None, None)
 
 
 _EMPTY = torch.empty(0)
+MAX_DELTA_RANK = 64  # kMaxRank in csrc/selective_scan.cpp: the largest dt rank the kernel forms delta from
 
 
 def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .cpu import load_cached_extension, try_cached_extension
+from .backends import SCAN, resolve
+from .cpu import MAX_DELTA_RANK, load_cached_extension, try_cached_extension
 
 _STEM = "fused_ops"  # csrc/fused_ops.cpp
 
@@ -37,6 +38,16 @@ def fused_enabled() -> bool:
 def fused_available() -> bool:
     """True when the fused library is (or can be) loaded; a failure warns once and is remembered."""
     return try_cached_extension(_STEM) is not None
+
+
+def compiled_op_path(x: torch.Tensor, backend: str, tensors: tuple[torch.Tensor, ...], delta_rank: int) -> bool:
+    """Whether a whole-layer op (mamba_inner, routed_selective_scan) may run its compiled CPU path: training on
+    fp32 CPU tensors, the scan backend resolving to the compiled kernel, a delta rank the kernel takes, and
+    MEDMAMBA_FUSED not 0. Otherwise the op runs its composed PyTorch formulation (every backend, any dtype)."""
+    return (fused_enabled() and delta_rank <= MAX_DELTA_RANK and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors) and all(t.dtype == torch.float32 for t in tensors)
+            and resolve(SCAN, backend, x.device) == "cpu" and fused_available())
 
 
 _NO_BIAS = torch.empty(0)

@@ -6,9 +6,10 @@
 Why one op: composed from separate autograd ops, the backward keeps u' (d_inner floats per token), delta
 (d_inner) and y (d_inner) besides x and xz: on LightM-UNet the mixers held two thirds of a training step's
 activation memory. The compiled path here keeps x, xz and the small projections (dt, B, C) and gets the
-rest back in the backward: u' from the causal conv (one pass), delta from its rank-r product, and y from
-the scan's backward, which recomputes the states anyway. Same kernels, same mathematics: outputs equal the
-composed ops, gradients up to float32 summation order.
+rest back in the backward: u' from the causal conv (one pass) and y from the scan's backward, which
+recomputes the states anyway; delta never exists as a tensor: the scan forms it from the rank-r dt as it
+reads it (dt_proj inside the scan, forward and backward). Same mathematics: outputs and gradients equal the
+composed ops up to float32 summation order.
 
 The compiled path runs for fp32 CPU tensors when the scan backend resolves to `cpu` and MEDMAMBA_FUSED is not
 0; anything else (ref/fallback/triton backends, float64, autocast, no compiler) runs the composed ops.
@@ -19,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backends import SCAN, resolve, selective_scan
+from .backends import selective_scan
 from .cpu import load_extension
-from .fused import causal_conv1d, causal_conv1d_ref, fused_available, fused_enabled, linear, load_fused, split_linear
+from .fused import causal_conv1d, causal_conv1d_ref, compiled_op_path, linear, load_fused, split_linear
 from .fused import weight_grad as _wgrad
 
 _NO_BIAS = torch.empty(0)
@@ -46,9 +47,10 @@ class _MambaInner(torch.autograd.Function):
         dt = dbc[..., :r].contiguous()
         B, C = (dbc[..., s].contiguous() for s in (slice(r, r + n), slice(r + n, None)))
         del dbc
-        delta = F.linear(dt, dt_w)
-        y, _, ckpt = scan.scan_fwd(_t(uc), _t(delta), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True, True)
-        del uc, delta
+        # delta = dt_w @ dt + bias is formed inside the scan (low-rank delta): no (b, l, di) delta in memory
+        y, _, ckpt = scan.scan_fwd(_t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True, True,
+                                   dt_w)
+        del uc
         out = F.linear(_t(y), out_w)
         ctx.save_for_backward(x, xz, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w)
         return out
@@ -61,22 +63,18 @@ class _MambaInner(torch.autograd.Function):
         n = A.shape[1]
         u, z = xz[..., :di], xz[..., di:]
         uc = conv.causal_conv_fwd(u, conv_w, conv_b, True)  # recomputed, not saved
-        delta = F.linear(dt, dt_w)  # recomputed, not saved
         dout2 = dout.reshape(-1, dout.shape[-1])
         dy = (dout2 @ out_w).view(*dout.shape[:-1], di)
-        duc, ddelta, dA, dB, dC, dD, dz, ddt_b, y = scan.scan_bwd(
-            _t(uc), _t(delta), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True, ckpt, _t(dy), True)
-        del delta, dy
+        duc, _, dA, dB, dC, dD, dz, ddt_b, y, ddt, d_dt_w = scan.scan_bwd(
+            _t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True, ckpt, _t(dy), True, dt_w)
+        del dy
         d_out_w = _wgrad(dout2, _t(y).reshape(-1, di))  # y came back from the scan's backward
         del y
-        duc, ddelta, dz = _t(duc), _t(ddelta), _t(dz)  # (b, l, .) token-major again
-        ddelta2 = ddelta.reshape(-1, di)
-        d_dt_w = _wgrad(ddelta2, dt.reshape(-1, r))
+        duc, dz = _t(duc), _t(dz)  # (b, l, .) token-major again
         ddbc = torch.empty(*dt.shape[:-1], r + 2 * n, dtype=dt.dtype)
-        ddbc[..., :r] = (ddelta2 @ dt_w).view(*dt.shape)
+        ddbc[..., :r] = ddt[:, 0]  # the low-rank delta's gradients came from the scan too
         ddbc[..., r:r + n] = dB[:, 0]
         ddbc[..., r + n:] = dC[:, 0]
-        del ddelta, ddelta2
         ddbc2 = ddbc.view(-1, r + 2 * n)
         uc2 = uc.reshape(-1, di)
         d_x_w = _wgrad(ddbc2, uc2)
@@ -91,13 +89,6 @@ class _MambaInner(torch.autograd.Function):
         return (dx, d_in_w, d_conv_w, d_conv_b if conv_b.numel() else None, d_x_w, d_dt_w, ddt_b, dA, dD, d_out_w)
 
 
-def _compiled_path(x: torch.Tensor, backend: str, tensors: tuple[torch.Tensor, ...]) -> bool:
-    return (fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            and all(t.dtype == torch.float32 for t in tensors) and x.stride(-1) == 1
-            and resolve(SCAN, backend, x.device) == "cpu" and fused_available())
-
-
 def mamba_inner(x: torch.Tensor, in_proj: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
                 x_proj: torch.Tensor, dt_proj: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
                 out_proj: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -108,10 +99,10 @@ def mamba_inner(x: torch.Tensor, in_proj: torch.Tensor, conv_weight: torch.Tenso
     di, r = dt_proj.shape
     n = A.shape[1]
     params = (in_proj, conv_weight, x_proj, dt_proj, dt_bias, A, D, out_proj)
-    if _compiled_path(x, backend, (x, *params)):
+    if compiled_op_path(x, backend, (x, *params), r) and x.stride(-1) == 1:
         bias = conv_bias.contiguous() if conv_bias is not None else _NO_BIAS
-        return _MambaInner.apply(x, in_proj, conv_weight.contiguous(), bias, x_proj, dt_proj, dt_bias, A,
-                                 D, out_proj)
+        return _MambaInner.apply(x, in_proj, conv_weight.contiguous(), bias, x_proj, dt_proj.contiguous(), dt_bias,
+                                 A, D, out_proj)
     # the composed ops: split_linear's backward needs no cat of the halves' gradients
     u, z = split_linear(x, in_proj, None, [di, di])
     u = (causal_conv1d_ref if backend == "ref" else causal_conv1d)(u, conv_weight, conv_bias, silu=True)

@@ -9,8 +9,8 @@ Why one op: composed from PyTorch ops, autograd keeps the K route copies of the 
 delta (K*c more) and transposed copies of B and C for the backward: on VM-UNet this was 62% of all the
 activation memory of a training step at the plan's batch (3.2 of 5.2 GiB). The compiled path here keeps
 only the map (c floats per voxel), the projections (K*(r+2N)) and the scan's chunk-boundary states, and
-recomputes the route gather and delta (a rank-r product) in the backward: memory-bound passes that cost a
-fraction of what writing and re-reading the saved copies did. Same kernels, same mathematics: outputs and
+recomputes the route gather in the backward; delta never exists as a tensor: the scan forms it from the
+rank-r dt as it reads it (dt_proj inside the scan, forward and backward). Same mathematics: outputs and
 gradients equal the composed formulation up to float32 summation order.
 
 The compiled path runs for fp32 CPU tensors when the scan backend resolves to `cpu` and MEDMAMBA_FUSED is not
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .backends import SCAN, resolve, selective_scan
+from .backends import selective_scan
 from .cpu import load_extension
-from .fused import fused_available, fused_enabled, load_fused
+from .fused import compiled_op_path, fused_enabled, load_fused
 from .route_ops import route_scan, route_unscan
 from .routes import cross_scan, cross_unscan
 
@@ -40,10 +40,10 @@ class _RoutedScan(torch.autograd.Function):
         # (b, K, l, r+2N): B and C come out as (b, K, N, l) views with the state contiguous, as the scan reads them
         proj = torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2))
         dt, B, C = _split(proj, r, n)
-        delta = torch.matmul(dt_proj, dt)  # (b, K, c, l)
-        y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), delta.view(b, K * c, length), A, B, C, D, _EMPTY,
-                                   dt_bias.reshape(-1), True, True)
-        del seq, delta, proj
+        # delta = dt_proj[k] @ dt + bias is formed inside the scan (low-rank delta, groups = routes)
+        y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY,
+                                   dt_bias.reshape(-1), True, True, dt_proj.reshape(K * c, r))
+        del seq, proj
         ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt)
         return gather.route_gather(y.view(b, K, c, length), inverse)
 
@@ -55,24 +55,20 @@ class _RoutedScan(torch.autograd.Function):
         K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
         dy = gather.route_gather(g, routes)  # the adjoint of reading back along the inverse routes
         seq = gather.route_gather(x.unsqueeze(1), routes)  # recomputed, not saved
-        delta = torch.matmul(dt_proj, dt)  # recomputed, not saved
-        du, ddelta, dA, dB, dC, dD, _, dbias, _ = scan.scan_bwd(
-            seq.view(b, K * c, length), delta.view(b, K * c, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1), True,
-            ckpt, dy.view(b, K * c, length), False)
-        del delta, dy
-        ddelta = ddelta.view(b, K, c, length)
-        dproj = dt.new_empty(b, K, length, r + 2 * n)  # dB/dC come back as (b, K, l, N)
+        du, _, dA, dB, dC, dD, _, dbias, _, ddt, d_dt_proj = scan.scan_bwd(
+            seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1), True,
+            ckpt, dy.view(b, K * c, length), False, dt_proj.reshape(K * c, r))
+        del dy
+        dproj = dt.new_empty(b, K, length, r + 2 * n)  # dB, dC and d dt come back as (b, K, l, .)
+        dproj[..., :r] = ddt
         dproj[..., r:r + n] = dB
         dproj[..., r + n:] = dC
-        dproj[..., :r] = torch.matmul(dt_proj.transpose(-1, -2), ddelta).transpose(-1, -2)  # d dt
-        d_dt_proj = torch.matmul(ddelta, dt.transpose(-1, -2)).sum(0)  # (K, c, r)
-        del ddelta
         d_x_proj = torch.matmul(dproj.transpose(-1, -2), seq.transpose(-1, -2)).sum(0)  # (K, r+2N, c)
         del seq
         dseq = du.view(b, K, c, length)
         dseq += torch.matmul(x_proj.transpose(-1, -2), dproj.transpose(-1, -2))
         dx = gather.route_gather_sum(dseq, inverse)
-        return dx, None, None, d_x_proj, d_dt_proj, dbias.view(K, c), dA, dD
+        return dx, None, None, d_x_proj, d_dt_proj.view(K, c, r), dbias.view(K, c), dA, dD
 
 
 def _split(proj: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,13 +80,6 @@ def _split(proj: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tens
     return dt, B, C
 
 
-def _compiled_path(x: torch.Tensor, backend: str, tensors: tuple[torch.Tensor, ...]) -> bool:
-    return (fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            and all(t.dtype == torch.float32 for t in tensors)
-            and resolve(SCAN, backend, x.device) == "cpu" and fused_available())
-
-
 def routed_selective_scan(x: torch.Tensor, routes: torch.Tensor, inverse: torch.Tensor, x_proj: torch.Tensor,
                           dt_proj: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
                           *, backend: str = "auto") -> torch.Tensor:
@@ -100,7 +89,7 @@ def routed_selective_scan(x: torch.Tensor, routes: torch.Tensor, inverse: torch.
     b, c = x.shape[:2]
     K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
     x3 = x.reshape(b, c, -1)
-    if _compiled_path(x3, backend, (x3, x_proj, dt_proj, dt_bias, A, D)):
+    if compiled_op_path(x3, backend, (x3, x_proj, dt_proj, dt_bias, A, D), r):
         return _RoutedScan.apply(x3, routes, inverse, x_proj, dt_proj, dt_bias, A, D)
     fused = fused_enabled()
     seq = (route_scan(x3, routes, inverse) if fused else cross_scan(x3, routes)).view(b, K, c, -1)

@@ -11,6 +11,9 @@
 // and the bias/softplus/D/z element-wise passes (and their backward) happen inside the scan.
 // The forward keeps h only at chunk boundaries; the backward, vectorised over the same 8-channel blocks,
 // recomputes each chunk from its boundary state and runs the adjoint recurrence in reverse (see bwd_block).
+// Optionally delta is low-rank: given dtw (d, r), the delta input is (b, g*r, l) and delta = dtw @ dt per
+// group is formed as it is read (load_delta), with its gradients reduced inside the backward, so that no
+// (b, d, l) delta or ddelta is ever written (Mamba's dt_proj inside the scan).
 #include <torch/extension.h>
 #include <omp.h>
 #if defined(__AVX2__)
@@ -25,6 +28,7 @@ namespace {
 constexpr int64_t kChunk = 64;
 constexpr int W = 8;
 constexpr int64_t kMaxState = 256;
+constexpr int64_t kMaxRank = 64;  // rank of a low-rank delta (dt_proj inside the scan)
 
 // exp(x) from plain arithmetic so that GCC inlines it and vectorises it with the loop around it: the scan
 // is bound by exp (l*d*n of them), and an out-of-line libm/libmvec call per step costs ~2x. Range reduction
@@ -84,7 +88,9 @@ torch::Tensor empty_as(const torch::Tensor& like) {
 
 struct Problem {
   int64_t b, d, l, n, g, dpg, bpg, nblk, nchunks;
+  int64_t r;  // 0: dt is delta (b, d, l); else dt is the low-rank input (b, g*r, l) and delta = dtw @ dt per group
   Seq u, dt, z;
+  const float* dtw;  // (d, r) when r > 0
   const float *Bp, *Cp;  // (b, g, n, l), any strides
   int64_t Bs[4], Cs[4];
   const float *A, *D, *bias;
@@ -106,12 +112,21 @@ struct Problem {
 
 Problem make_problem(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                      const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
-                     const torch::Tensor& z, const torch::Tensor& bias, bool softplus) {
+                     const torch::Tensor& z, const torch::Tensor& bias, bool softplus, const torch::Tensor& dtw) {
   for (const auto* t : {&u, &delta, &A, &B, &C}) {
     TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->device().is_cpu(), "scan expects float32 CPU tensors");
   }
   TORCH_CHECK(A.is_contiguous() && A.dim() == 2, "A must be a contiguous (d, n) tensor");
-  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && B.dim() == 4 && C.sizes() == B.sizes(), "bad shapes");
+  TORCH_CHECK(u.dim() == 3 && B.dim() == 4 && C.sizes() == B.sizes(), "bad shapes");
+  const int64_t r = dtw.numel() ? dtw.size(1) : 0;
+  if (r > 0) {
+    TORCH_CHECK(dtw.dim() == 2 && dtw.is_contiguous() && dtw.size(0) == u.size(1) && r <= kMaxRank &&
+                    dtw.scalar_type() == torch::kFloat32, "the delta projection must be a contiguous (d, r <= 64)");
+    TORCH_CHECK(delta.dim() == 3 && delta.size(0) == u.size(0) && delta.size(1) == B.size(1) * r &&
+                    delta.size(2) == u.size(2), "a low-rank delta must be (b, g*r, l)");
+  } else {
+    TORCH_CHECK(delta.sizes() == u.sizes(), "bad shapes");
+  }
   Problem p{};
   p.b = u.size(0);
   p.d = u.size(1);
@@ -124,6 +139,8 @@ Problem make_problem(const torch::Tensor& u, const torch::Tensor& delta, const t
   p.bpg = (p.dpg + W - 1) / W;
   p.nblk = p.g * p.bpg;
   p.nchunks = (p.l + kChunk - 1) / kChunk;
+  p.r = r;
+  p.dtw = r > 0 ? dtw.data_ptr<float>() : nullptr;
   p.u = seq_of(u);
   p.dt = seq_of(delta);
   p.Bp = B.data_ptr<float>();
@@ -142,13 +159,14 @@ Problem make_problem(const torch::Tensor& u, const torch::Tensor& delta, const t
 }
 
 // Per-block constants: lane channels (masked lanes repeat the last real channel and are never stored),
-// A's rows, D and the delta bias.
+// A's rows, D, the delta bias and the delta projection's rows.
 template <int64_t N>
 struct Block {
   int64_t gi, c0, ch[W];
   int w;
   alignas(32) float a[N > 0 ? N : kMaxState][W];
   alignas(32) float Dv[W], bv[W];
+  alignas(32) float wdt[kMaxRank][W];
 
   Block(const Problem& p, int64_t blk) {
     const int64_t n = N > 0 ? N : p.n;
@@ -160,8 +178,29 @@ struct Block {
     }
     for (int64_t k = 0; k < n; ++k)
       for (int j = 0; j < W; ++j) a[k][j] = p.A[ch[j] * p.n + k];
+    for (int64_t q = 0; q < p.r; ++q)
+      for (int j = 0; j < W; ++j) wdt[q][j] = p.dtw[ch[j] * p.r + q];
   }
 };
+
+// The chunk's raw delta (before softplus) for the W lanes: read, or with a low-rank delta computed as
+// bias + dtw @ dt from the group's r rows, so that no (b, d, l) delta exists in memory.
+template <int64_t N>
+void load_delta(const Problem& p, const Block<N>& bk, int64_t bi, int64_t t0, int64_t len, float (*dts)[W]) {
+  if (p.r == 0) {
+    for (int j = 0; j < W; ++j)
+      for (int64_t i = 0; i < len; ++i) dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
+    return;
+  }
+  for (int64_t i = 0; i < len; ++i) {
+    for (int j = 0; j < W; ++j) dts[i][j] = bk.bv[j];
+    for (int64_t q = 0; q < p.r; ++q) {
+      const float v = p.dt.at(bi, bk.gi * p.r + q, t0 + i);
+#pragma omp simd
+      for (int j = 0; j < W; ++j) dts[i][j] += bk.wdt[q][j] * v;
+    }
+  }
+}
 
 template <int64_t N>
 void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* ck, float* last) {
@@ -180,12 +219,9 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
     // The chunk's inputs for the W lanes first (one strided walk per lane), softplus and the z gate in
     // loops over len*W values that vectorise; the scan then reads contiguous W-vectors per step.
     alignas(32) float dts[kChunk][W], us[kChunk][W], gate[kChunk][W], ys[kChunk][W];
-    for (int j = 0; j < W; ++j) {
-      for (int64_t i = 0; i < len; ++i) {
-        dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
-        us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
-      }
-    }
+    load_delta(p, bk, bi, t0, len, dts);
+    for (int j = 0; j < W; ++j)
+      for (int64_t i = 0; i < len; ++i) us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
     if (p.softplus) {
       float* f = &dts[0][0];
 #pragma omp simd
@@ -232,6 +268,7 @@ struct Grads {
   Seq y;  // the forward's output, recomputed on the way (p == nullptr: not asked for)
   float *dB, *dC;  // this thread's (b, g, l, n) accumulators: blocks of a group would race on shared ones
   float *dA, *dD, *dbias;  // (b, d, n), (b, d), (b, d)
+  float *ddtl, *ddtw;  // low-rank delta: this thread's (b, g, l, r) accumulator, and (b, d, r)
 };
 
 // out[k] += sum over the W lanes of v[k], for k < n: the channel reduction of dB_t / dC_t. With AVX2, eight
@@ -264,13 +301,15 @@ struct BwdWork {
   float (*dec)[W];  // kChunk * n rows
   float (*dbv)[W];  // n rows (one step)
   float (*dcv)[W];  // n rows
-  explicit BwdWork(int64_t n) : buf(((2 * kChunk + 1) * n + 2 * n) * W + 8) {
+  float (*dwv)[W];  // kMaxRank rows: one step's d dt terms of a low-rank delta
+  explicit BwdWork(int64_t n) : buf(((2 * kChunk + 1) * n + 2 * n + kMaxRank) * W + 8) {
     auto base = reinterpret_cast<uintptr_t>(buf.data());
     float* f = reinterpret_cast<float*>((base + 31) & ~uintptr_t(31));  // 32-byte aligned rows
     hs = reinterpret_cast<float (*)[W]>(f);
     dec = hs + (kChunk + 1) * n;
     dbv = dec + kChunk * n;
     dcv = dbv + n;
+    dwv = dcv + n;
   }
 };
 
@@ -291,9 +330,12 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
   float* dBg = gr.dB + (bi * p.g + bk.gi) * p.l * n;
   float* dCg = gr.dC + (bi * p.g + bk.gi) * p.l * n;
   alignas(32) float g[N > 0 ? N : kMaxState][W], an[N > 0 ? N : kMaxState][W], dAacc[N > 0 ? N : kMaxState][W];
-  alignas(32) float dDacc[W], dbacc[W], live[W];
+  alignas(32) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
   for (int64_t k = 0; k < n; ++k)
     for (int j = 0; j < W; ++j) g[k][j] = an[k][j] = dAacc[k][j] = 0.f;
+  for (int64_t q = 0; q < p.r; ++q)
+    for (int j = 0; j < W; ++j) dWacc[q][j] = 0.f;
+  float* dtlg = p.r > 0 ? gr.ddtl + (bi * p.g + bk.gi) * p.l * p.r : nullptr;
   for (int j = 0; j < W; ++j) {
     dDacc[j] = dbacc[j] = 0.f;
     live[j] = j < bk.w ? 1.f : 0.f;
@@ -305,9 +347,9 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
     alignas(32) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
         dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
     const bool want_y = gr.y.p != nullptr;
+    load_delta(p, bk, bi, t0, len, dts);
     for (int j = 0; j < W; ++j) {
       for (int64_t i = 0; i < len; ++i) {
-        dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
         us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
         dys[i][j] = gr.dy.at(bi, bk.ch[j], t0 + i) * live[j];
       }
@@ -411,12 +453,23 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
         ddts[i][j] = ddt;
         dus[i][j] = du_acc[j] * dts[i][j] + dyp[j] * bk.Dv[j];
       }
+      if (p.r > 0) {  // delta = dtw @ dt: d dtw += ddelta dt^T (lane-wise), d dt = dtw^T ddelta (over channels)
+        for (int64_t q = 0; q < p.r; ++q) {
+          const float v = p.dt.at(bi, bk.gi * p.r + q, t);
+#pragma omp simd
+          for (int j = 0; j < W; ++j) {
+            const float dl = ddts[i][j] * live[j];
+            dWacc[q][j] += dl * v;
+            wk.dwv[q][j] = bk.wdt[q][j] * dl;
+          }
+        }
+        add_lane_sums(wk.dwv, p.r, dtlg + t * p.r);
+      }
     }
     for (int j = 0; j < bk.w; ++j) {
-      for (int64_t i = 0; i < len; ++i) {
-        gr.du.at(bi, bk.c0 + j, t0 + i) = dus[i][j];
-        gr.ddt.at(bi, bk.c0 + j, t0 + i) = ddts[i][j];
-      }
+      for (int64_t i = 0; i < len; ++i) gr.du.at(bi, bk.c0 + j, t0 + i) = dus[i][j];
+      if (p.r == 0)
+        for (int64_t i = 0; i < len; ++i) gr.ddt.at(bi, bk.c0 + j, t0 + i) = ddts[i][j];
       if (p.has_z)
         for (int64_t i = 0; i < len; ++i) gr.dz.at(bi, bk.c0 + j, t0 + i) = dzs[i][j];
       if (want_y)
@@ -428,6 +481,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
     for (int64_t k = 0; k < n; ++k) gr.dA[row * n + k] = dAacc[k][j];
     gr.dD[row] = dDacc[j];
     gr.dbias[row] = dbacc[j];
+    for (int64_t q = 0; q < p.r; ++q) gr.ddtw[row * p.r + q] = dWacc[q][j];
   }
 }
 
@@ -443,8 +497,8 @@ void dispatch_n(int64_t n, F16&& f16, F8&& f8, F0&& f0) {
 // Returns y (layout of u), the last state (b, d, n), and the chunk-boundary states for the backward.
 std::vector<torch::Tensor> scan_fwd(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B,
                                     torch::Tensor C, torch::Tensor D, torch::Tensor z, torch::Tensor bias,
-                                    bool softplus, bool save_checkpoints) {
-  const Problem p = make_problem(u, delta, A, B, C, D, z, bias, softplus);
+                                    bool softplus, bool save_checkpoints, torch::Tensor dtw) {
+  const Problem p = make_problem(u, delta, A, B, C, D, z, bias, softplus, dtw);
   auto y = empty_as(u);
   auto last = torch::empty({p.b, p.d, p.n}, u.options());
   auto ckpt = torch::empty({save_checkpoints ? p.b * p.nblk * p.nchunks * p.n * W : 0}, u.options());
@@ -464,17 +518,22 @@ std::vector<torch::Tensor> scan_fwd(torch::Tensor u, torch::Tensor delta, torch:
   return {y, last, ckpt};
 }
 
-// Returns du, ddelta, dA (d, n), dB (b, g, l, n), dC (b, g, l, n), dD (d), dz, dbias (d), and with `return_y`
-// the forward's output y (layout of u), recomputed here so that a fused caller need not keep it.
+// Returns du, ddelta, dA (d, n), dB (b, g, l, n), dC (b, g, l, n), dD (d), dz, dbias (d), with `return_y`
+// the forward's output y (layout of u), recomputed here so that a fused caller need not keep it, and with a
+// low-rank delta (dtw (d, r) given, delta the (b, g*r, l) input) its gradient as (b, g, l, r) and dtw's (d, r);
+// ddelta is then empty.
 std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B,
                                     torch::Tensor C, torch::Tensor D, torch::Tensor z, torch::Tensor bias,
-                                    bool softplus, torch::Tensor ckpt, torch::Tensor dy, bool return_y) {
-  const Problem p = make_problem(u, delta, A, B, C, D, z, bias, softplus);
+                                    bool softplus, torch::Tensor ckpt, torch::Tensor dy, bool return_y,
+                                    torch::Tensor dtw) {
+  const Problem p = make_problem(u, delta, A, B, C, D, z, bias, softplus, dtw);
   TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == torch::kFloat32, "bad output gradient");
   TORCH_CHECK(B.stride(2) == 1 && C.stride(2) == 1, "the backward needs B and C with the state axis contiguous");
   const int n_threads = omp_get_max_threads();
   auto du = empty_as(u);
-  auto ddelta = empty_as(delta);
+  auto ddelta = p.r == 0 ? empty_as(delta) : torch::empty({0}, u.options());
+  auto ddtl_acc = torch::zeros({p.r > 0 ? n_threads : 0, p.b, p.g, p.l, p.r}, u.options());
+  auto ddtw = torch::empty({p.b, p.d, p.r}, u.options());
   auto dz = p.has_z ? empty_as(z) : torch::empty({0}, u.options());
   auto y = return_y ? empty_as(u) : torch::empty({0}, u.options());
   auto dB_acc = torch::zeros({n_threads, p.b, p.g, p.l, p.n}, u.options());
@@ -488,9 +547,10 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
 #pragma omp parallel
   {
     const int tid = omp_get_thread_num();
-    Grads gr{seq_of(du), seq_of(ddelta), p.has_z ? seq_of(dz) : Seq{nullptr, 0, 0, 0}, seq_of(dy),
+    Grads gr{seq_of(du), p.r == 0 ? seq_of(ddelta) : Seq{nullptr, 0, 0, 0}, p.has_z ? seq_of(dz) : Seq{nullptr, 0, 0, 0}, seq_of(dy),
              return_y ? seq_of(y) : Seq{nullptr, 0, 0, 0}, dB_acc.data_ptr<float>() + tid * thread_stride, dC_acc.data_ptr<float>() + tid * thread_stride,
-             dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>()};
+             dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
+             p.r > 0 ? ddtl_acc.data_ptr<float>() + tid * p.b * p.g * p.l * p.r : nullptr, ddtw.data_ptr<float>()};
     BwdWork wk(p.n);
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < p.b * p.nblk; ++task) {
@@ -501,7 +561,8 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
           [&] { bwd_block<0>(p, bi, blk, ck, gr, wk); });
     }
   }
-  return {du, ddelta, dA.sum(0), dB_acc.sum(0), dC_acc.sum(0), dD.sum(0), dz, dbias.sum(0), y};
+  return {du, ddelta, dA.sum(0), dB_acc.sum(0), dC_acc.sum(0), dD.sum(0), dz, dbias.sum(0), y,
+          p.r > 0 ? ddtl_acc.sum(0) : ddtl_acc, ddtw.sum(0)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

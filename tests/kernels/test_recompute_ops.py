@@ -153,6 +153,15 @@ def test_mamba_inner_matches_composed_ops_and_float64(d_model, n, r, length, mon
         assert _rel(grads[k], oracle_grads[k]) < 1e-4, k
 
 
+def test_mamba_inner_above_the_kernels_delta_rank_takes_the_composed_ops():
+    problem = _inner_problem(4, 4, 65, 20)
+    out, grads = _run_inner(*problem, backend="cpu", dtype=torch.float32)
+    assert type(out.grad_fn).__name__ != "_MambaInnerBackward"
+    oracle_out, oracle_grads = _run_inner(*problem, backend="ref", dtype=torch.float64)
+    assert _rel(out.detach().double(), oracle_out.detach()) < 1e-5
+    assert _rel(grads["dt_proj"], oracle_grads["dt_proj"]) < 1e-4
+
+
 def test_mamba_inner_keeps_about_half_of_what_the_composed_ops_keep(monkeypatch):
     x, params, _ = _inner_problem(32, 16, 2, 4000)
     x32 = x.float().requires_grad_()
