@@ -74,6 +74,32 @@ def test_scan_route_attention_matches_the_reduction_form_in_float64():
                                rtol=1e-10, atol=1e-12)
 
 
+def test_route_attention_recomputed_in_the_backward_gives_the_same_gradients():
+    """MultiHeadScan checkpoints its route attention in training: same output and input gradient as the
+    plain formula, and the plain formula when no gradient is wanted."""
+    mhs = MHSVM(2, 3, False, heads=2, scan_backend="ref", **PLAN).levels[0][0].mixer.mhs.double()
+    y = torch.randn(1, 4, 4, 30, dtype=torch.float64, requires_grad=True)
+    kept = {"checkpointed": 0, "plain": 0}
+
+    def counting(key):
+        def pack(t):
+            kept[key] += 1
+            return t
+        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+    with counting("checkpointed"):
+        got = mhs.route_attention(y)
+    with counting("plain"):
+        expected = scan_route_attention(y, mhs.threshold)
+    assert kept["checkpointed"] < kept["plain"] // 2, kept  # the element-wise results are not kept
+    g = torch.randn_like(got)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(got, y, g)[0], torch.autograd.grad(expected, y, g)[0],
+                               rtol=0, atol=0)
+    with torch.no_grad():
+        assert torch.equal(mhs.route_attention(y), expected)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["vm_unet", "mhs_vm"])
 def test_trains_through_the_pipeline(tiny_workspace, network):
