@@ -35,7 +35,7 @@ def _t(x: torch.Tensor) -> torch.Tensor:
 
 class _MambaInner(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w):
+    def forward(ctx, x, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, keep_xz):
         conv, scan = load_fused(), load_extension()
         di, r = dt_w.shape
         n = A.shape[1]
@@ -52,12 +52,15 @@ class _MambaInner(torch.autograd.Function):
                                    dt_w)
         del uc
         out = F.linear(_t(y), out_w)
-        ctx.save_for_backward(x, xz, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w)
+        ctx.save_for_backward(x, xz if keep_xz else _NO_BIAS, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b,
+                              A, D, out_w)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, xz, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w = ctx.saved_tensors
+        if not xz.numel():  # recompute_in_proj: one GEMM instead of keeping 4 d_model floats per token
+            xz = F.linear(x, in_w)
         conv, scan = load_fused(), load_extension()
         di, r = dt_w.shape
         n = A.shape[1]
@@ -86,23 +89,26 @@ class _MambaInner(torch.autograd.Function):
         du2, dz2 = du.view(-1, di), dz.reshape(-1, di)
         dx = (du2 @ in_w[:di]).addmm_(dz2, in_w[di:]).view(x.shape)
         d_in_w = torch.cat([_wgrad(du2, x2), _wgrad(dz2, x2)])
-        return (dx, d_in_w, d_conv_w, d_conv_b if conv_b.numel() else None, d_x_w, d_dt_w, ddt_b, dA, dD, d_out_w)
+        return (dx, d_in_w, d_conv_w, d_conv_b if conv_b.numel() else None, d_x_w, d_dt_w, ddt_b, dA, dD, d_out_w,
+                None)
 
 
 def mamba_inner(x: torch.Tensor, in_proj: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
                 x_proj: torch.Tensor, dt_proj: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
-                out_proj: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+                out_proj: torch.Tensor, *, backend: str = "auto", recompute_in_proj: bool = False) -> torch.Tensor:
     """x (b, l, d_model) -> (b, l, d_model). in_proj (2 di, d_model), conv_weight (di, k) with left padding k-1,
     x_proj (r + 2N, di), dt_proj (di, r) with dt_bias (di,) (the delta bias, softplus on), A (di, N), D (di,),
     out_proj (d_model, di); no biases on the projections, as in mamba_ssm. `backend` is the selective scan's:
-    `ref` keeps everything in PyTorch ops (the oracle for the compiled path)."""
+    `ref` keeps everything in PyTorch ops (the oracle for the compiled path). `recompute_in_proj` (compiled path
+    only) keeps just x and redoes the in_proj product in the backward: the mixer then keeps ~a third of the
+    memory for one more GEMM."""
     di, r = dt_proj.shape
     n = A.shape[1]
     params = (in_proj, conv_weight, x_proj, dt_proj, dt_bias, A, D, out_proj)
     if compiled_op_path(x, backend, (x, *params), r) and x.stride(-1) == 1:
         bias = conv_bias.contiguous() if conv_bias is not None else _NO_BIAS
         return _MambaInner.apply(x, in_proj, conv_weight.contiguous(), bias, x_proj, dt_proj.contiguous(), dt_bias,
-                                 A, D, out_proj)
+                                 A, D, out_proj, not recompute_in_proj)
     # the composed ops: split_linear's backward needs no cat of the halves' gradients
     u, z = split_linear(x, in_proj, None, [di, di])
     u = (causal_conv1d_ref if backend == "ref" else causal_conv1d)(u, conv_weight, conv_bias, silu=True)

@@ -153,6 +153,27 @@ def test_mamba_inner_matches_composed_ops_and_float64(d_model, n, r, length, mon
         assert _rel(grads[k], oracle_grads[k]) < 1e-4, k
 
 
+def test_mamba_inner_recompute_in_proj_gives_the_same_gradients_and_keeps_less():
+    x, params, w = _inner_problem(16, 16, 1, 300)
+    results, kept = {}, {}
+    for recompute in (False, True):
+        xl = x.float().requires_grad_()
+        p = {k: v.float().requires_grad_() for k, v in params.items()}
+
+        def call(xl=xl, p=p, recompute=recompute):
+            return mamba_inner(xl, p["in_proj"], p["conv_weight"], p["conv_bias"], p["x_proj"], p["dt_proj"],
+                               p["dt_bias"], -torch.exp(p["A_log"]), p["D"], p["out_proj"], backend="cpu",
+                               recompute_in_proj=recompute)
+
+        kept[recompute] = _saved_bytes(call)
+        (call() * w.float()).sum().backward()
+        results[recompute] = {"x": xl.grad, **{k: v.grad for k, v in p.items()}}
+    for k, g in results[False].items():
+        assert torch.equal(results[True][k], g), k  # the same GEMM redone: bit-identical
+    # per token kept: x (16) + xz (64) + dt, B, C (33) without, x + dt, B, C with
+    assert kept[True] < 0.5 * kept[False], kept
+
+
 def test_mamba_inner_above_the_kernels_delta_rank_takes_the_composed_ops():
     problem = _inner_problem(4, 4, 65, 20)
     out, grads = _run_inner(*problem, backend="cpu", dtype=torch.float32)

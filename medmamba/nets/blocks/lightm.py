@@ -20,10 +20,11 @@ class RVMLayer(nn.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 scan_backend: str = "auto", ssm: bool = True):
+                 scan_backend: str = "auto", ssm: bool = True, recompute_in_proj: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(in_ch)
-        self.mixer = MambaMixer(in_ch, d_state, d_conv, expand, scan_backend=scan_backend) if ssm else nn.Identity()
+        self.mixer = (MambaMixer(in_ch, d_state, d_conv, expand, scan_backend=scan_backend,
+                                 recompute_in_proj=recompute_in_proj) if ssm else nn.Identity())
         self.skip_scale = nn.Parameter(torch.ones(1))
         self.proj = nn.Linear(in_ch, out_ch)
 

@@ -38,8 +38,9 @@ class MambaMixer(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
-                 scan_backend: str = "auto"):
+                 scan_backend: str = "auto", recompute_in_proj: bool = False):
         super().__init__()
+        self.recompute_in_proj = recompute_in_proj
         self.d_inner = int(expand * d_model)
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -58,4 +59,5 @@ class MambaMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mamba_inner(x, self.in_proj.weight, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.x_proj.weight,
                            self.dt_proj.weight, self.dt_proj.bias.float(), -torch.exp(self.A_log.float()),
-                           self.D.float(), self.out_proj.weight, backend=self.scan_backend)
+                           self.D.float(), self.out_proj.weight, backend=self.scan_backend,
+                           recompute_in_proj=self.recompute_in_proj)
