@@ -36,7 +36,9 @@ def benchmark(
         "--profile", help="Instead of the table: torch.profiler self CPU time per op family for NETWORK.",
         metavar="NETWORK")] = None,
     profile_mode: Annotated[str, typer.Option(help="With --profile: 'train' (one iteration at the plan's "
-                                                   "batch) or 'forward' (batch 1, no grad).")] = "train",
+                                                   "batch), 'forward' (batch 1, no grad) or 'memory' (what a "
+                                                   "training step keeps for the backward, by module).")]
+    = "train",
     predict_fold: Annotated[int | None, typer.Option(
         help="Also time nnU-Net's sliding-window prediction of this fold's validation cases (network time, "
              "no mirroring; needs the split, i.e. one trained model).")] = None,
@@ -117,9 +119,12 @@ def _print_profile(folder: Path, network: str, steps: int, threads: int | None, 
     """The per-op-family table of `--profile` (and its JSON with -o)."""
     from medmamba.benchmark import profile_network
 
-    if mode not in ("train", "forward"):
-        raise ValueError(f"--profile-mode must be 'train' or 'forward', not '{mode}'")
+    if mode not in ("train", "forward", "memory"):
+        raise ValueError(f"--profile-mode must be 'train', 'forward' or 'memory', not '{mode}'")
     res = profile_network(folder, network, steps, threads, preset, mode)
+    if mode == "memory":
+        _print_memory(res, output)
+        return
     what = f"one training iteration at batch {res['batch_size']}" if mode == "train" else "one forward at batch 1"
     table = Table(title=f"{network}: self CPU time per op family, {what} (patch {res['patch_size']}, "
                         f"{threads or 'default'} threads)")
@@ -129,6 +134,22 @@ def _print_profile(folder: Path, network: str, steps: int, threads: int | None, 
         table.add_row(r["family"], f"{100 * r['share']:.1f}%", f"{r['self_ms']:.0f}", str(r["calls"]), r["top_ops"])
     console.print(table)
     console.print(f"wall {res['wall_s']:.2f} s per step (profiler on), {res['profiled_ms']:.0f} ms of self time")
+    if output is not None:
+        atomic_write(output, json.dumps(res, indent=2))
+
+
+def _print_memory(res: dict, output: Path | None) -> None:
+    """The `--profile-mode memory` table: what one training forward keeps for the backward, by module."""
+    table = Table(title=f"{res['network']}: activations kept for the backward of one training step at batch "
+                        f"{res['batch_size']} (patch {res['patch_size']}), by module")
+    for col in ("module (innermost three)", "MiB", "share"):
+        table.add_column(col, justify="left" if col.startswith("module") else "right")
+    for r in res["modules"]:
+        if r["share"] >= 0.005:
+            table.add_row(r["module"], f"{r['MiB']:.0f}", f"{100 * r['share']:.1f}%")
+    console.print(table)
+    console.print(f"total {res['saved_MiB']:.0f} MiB kept (checkpointed regions not seen); peak RSS of the "
+                  f"measuring process {res['peak_rss_MB']:.0f} MB")
     if output is not None:
         atomic_write(output, json.dumps(res, indent=2))
 

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -440,11 +441,71 @@ def profile_one(network: str, preprocessed_dir: Path, threads: int | None = None
             "profiled_ms": total, "families": rows}
 
 
+def saved_activations(net: Any, xb: Any, depth: int = 3) -> tuple[int, list[dict[str, Any]]]:
+    """Bytes autograd keeps for the backward of one training forward of `net` on `xb`, by where they are saved:
+    the innermost `depth` module classes around the op (e.g. 'RVMLayer/MambaMixer'). Each storage counts once,
+    where it is first saved; views of one storage are one. What a checkpointed region keeps is not seen (its
+    own hooks take it), so read those networks' peak RSS too."""
+    import torch
+
+    stack: list[str] = []
+
+    def enter(mod: Any, _args: Any) -> None:
+        stack.append(type(mod).__name__)
+
+    def leave(_mod: Any, _args: Any, _out: Any) -> None:  # returns None: the module's output stays as it is
+        stack.pop()
+
+    handles = []
+    for m in net.modules():
+        handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+    seen: set[int] = set()
+    where: dict[str, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            key = "/".join(stack[-depth:]) or "(outside modules)"
+            where[key] = where.get(key, 0) + storage.nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = net(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    del out
+    total = sum(where.values())
+    rows = [{"module": k, "MiB": v / 2**20, "share": v / max(total, 1)}
+            for k, v in sorted(where.items(), key=lambda kv: -kv[1])]
+    return total, rows
+
+
+def memory_one(network: str, preprocessed_dir: Path, profile: str = "cpu") -> dict[str, Any]:
+    """`saved_activations` of one training forward at the plan's batch (deep supervision on, as in training)."""
+    import torch
+
+    torch.manual_seed(0)
+    net, cm, n_in, _ = _build(network, preprocessed_dir, deep_supervision=True, profile=profile)
+    net.train()
+    batch = int(cm.batch_size)
+    total, rows = saved_activations(net, torch.randn(batch, n_in, *cm.patch_size))
+    return {"network": network, "batch_size": batch, "patch_size": list(cm.patch_size), "profile": profile,
+            "mode": "memory", "saved_MiB": total / 2**20, "modules": rows,
+            "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, threads: int | None = None,
                     profile: str = "cpu", mode: str = "train") -> dict[str, Any]:
-    """`profile_one` in a fresh subprocess (same isolation as `benchmark_networks`); raises on failure."""
-    cmd = _subprocess_cmd("profile", network=network, preprocessed_dir=str(preprocessed_dir), threads=threads,
-                          profile=profile, steps=steps, forward_only=mode == "forward")
+    """`profile_one` (mode train/forward) or `memory_one` (mode memory) in a fresh subprocess (same isolation as
+    `benchmark_networks`); raises on failure."""
+    if mode == "memory":
+        cmd = _subprocess_cmd("memory", network=network, preprocessed_dir=str(preprocessed_dir), profile=profile)
+    else:
+        cmd = _subprocess_cmd("profile", network=network, preprocessed_dir=str(preprocessed_dir), threads=threads,
+                              profile=profile, steps=steps, forward_only=mode == "forward")
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
                           env=child_environment(os.environ))
     if proc.returncode != 0:
@@ -460,4 +521,6 @@ def _subprocess_cmd(what: str, **kwargs: Any) -> list[str]:
 if __name__ == "__main__":  # internal: the subprocess side of benchmark_networks / profile_network
     kw = json.loads(sys.argv[2])
     kw["preprocessed_dir"] = Path(kw["preprocessed_dir"])
-    print(json.dumps(measure_one(**kw) if sys.argv[1] == "measure" else profile_one(**kw)))
+    entries: dict[str, Callable[..., dict[str, Any]]] = {"measure": measure_one, "profile": profile_one,
+                                                         "memory": memory_one}
+    print(json.dumps(entries[sys.argv[1]](**kw)))

@@ -49,3 +49,14 @@ def test_benchmark_times_prediction_of_a_folds_validation_cases(tiny_workspace, 
     assert "error" not in row, row
     assert row["predict_fold"] == 1 and row["predict_cases"] == len(splits[1]["val"]) == 2
     assert 0 < row["predict_case_s_max"] <= row["predict_s"]
+
+
+@pytest.mark.slow
+def test_memory_profile_attributes_a_training_steps_activations_to_modules(tiny_workspace):
+    """`--profile-mode memory` on a real plan: the Mamba mixers' share is there, and the rows add up."""
+    from medmamba.benchmark import profile_network
+
+    res = profile_network(tiny_workspace.preprocessed / "Dataset500_Tiny", "lightm_unet", mode="memory")
+    assert res["mode"] == "memory" and res["saved_MiB"] > 0 and res["peak_rss_MB"] > 100
+    assert any(r["module"].endswith("RVMLayer/MambaMixer") for r in res["modules"])
+    assert sum(r["MiB"] for r in res["modules"]) == pytest.approx(res["saved_MiB"])

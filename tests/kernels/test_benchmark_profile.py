@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
-from medmamba.benchmark import merge_rounds, op_family, parse_network_spec
+from medmamba.benchmark import merge_rounds, op_family, parse_network_spec, saved_activations
 
 
 def test_op_families_name_the_kernels_and_the_traffic_around_them():
@@ -35,3 +37,17 @@ def test_rounds_keep_the_least_disturbed_times_and_the_largest_memory():
     assert (row["forward_s"], row["train_iter_s"], row["peak_rss_MB"]) == (1.0, 5.0, 120.0)
     assert row["train_iter_s_all"] == [5.0, 6.0]
     assert "error" in merge_rounds([{"network": "x", "error": "e"}])
+
+
+def test_saved_activations_attribute_each_storage_once_and_leave_the_network_as_it_was():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(32, 8)
+    before = net(x)
+    total, rows = saved_activations(net, x, depth=2)
+    by = {r["module"]: r["MiB"] * 2**20 for r in rows}
+    assert by["Sequential/ReLU"] == 32 * 16 * 4  # the ReLU output, kept once although the next Linear keeps it too
+    assert by["Sequential/Linear"] >= 32 * 8 * 4  # at least the first Linear's input
+    assert total == sum(by.values()) < 32 * 8 * 4 + 2 * 32 * 16 * 4
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    assert torch.equal(net(x), before)
