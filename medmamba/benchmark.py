@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medmamba.allocator import active_allocator, child_environment
+from medmamba.errors import MedmambaError
 
 SCAN_FLOPS_PER_UPDATE = 9
 
@@ -509,7 +510,7 @@ def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, thread
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
                           env=child_environment(os.environ))
     if proc.returncode != 0:
-        raise RuntimeError(f"profiling {network} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise MedmambaError(f"profiling {network} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
