@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medmamba.nets.blocks.common import norm_gate
 from medmamba.nets.blocks.mhs import scan_route_attention
 from medmamba.nets.mhs_vm import MHSVM
 from medmamba.nets.vm_unet import VMUNet
@@ -74,30 +75,47 @@ def test_scan_route_attention_matches_the_reduction_form_in_float64():
                                rtol=1e-10, atol=1e-12)
 
 
-def test_route_attention_recomputed_in_the_backward_gives_the_same_gradients():
-    """MultiHeadScan checkpoints its route attention in training: same output and input gradient as the
-    plain formula, and the plain formula when no gradient is wanted."""
-    mhs = MHSVM(2, 3, False, heads=2, scan_backend="ref", **PLAN).levels[0][0].mixer.mhs.double()
-    y = torch.randn(1, 4, 4, 30, dtype=torch.float64, requires_grad=True)
-    kept = {"checkpointed": 0, "plain": 0}
+def _kept(fn, *args):
+    """fn(*args) and the number of tensors autograd keeps for its backward (outside any checkpoint)."""
+    count = [0]
 
-    def counting(key):
-        def pack(t):
-            kept[key] += 1
-            return t
-        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    def pack(t):
+        count[0] += 1
+        return t
 
-    with counting("checkpointed"):
-        got = mhs.route_attention(y)
-    with counting("plain"):
-        expected = scan_route_attention(y, mhs.threshold)
-    assert kept["checkpointed"] < kept["plain"] // 2, kept  # the element-wise results are not kept
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, count[0]
+
+
+def _same_values_and_gradients(got, expected, inputs):
     g = torch.randn_like(got)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    torch.testing.assert_close(torch.autograd.grad(got, y, g)[0], torch.autograd.grad(expected, y, g)[0],
-                               rtol=0, atol=0)
+    for a, b in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(expected, inputs, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_route_attention_recomputed_in_the_backward_gives_the_same_gradients():
+    """MultiHeadScan checkpoints its route attention in training: same output and input gradient as the
+    plain formula, fewer kept tensors, and the plain formula when no gradient is wanted."""
+    mhs = MHSVM(2, 3, False, heads=2, scan_backend="ref", **PLAN).levels[0][0].mixer.mhs.double()
+    y = torch.randn(1, 4, 4, 30, dtype=torch.float64, requires_grad=True)
+    got, kept = _kept(mhs.route_attention, y)
+    expected, kept_plain = _kept(scan_route_attention, y, mhs.threshold)
+    assert kept < kept_plain // 2, (kept, kept_plain)  # the element-wise results are not kept
+    _same_values_and_gradients(got, expected, [y])
     with torch.no_grad():
         assert torch.equal(mhs.route_attention(y), expected)
+
+
+def test_output_gate_recomputed_in_the_backward_gives_the_same_gradients():
+    norm = torch.nn.LayerNorm(6).double()
+    y = torch.randn(2, 30, 6, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, 5, 6, 1, 6, dtype=torch.float64, requires_grad=True)
+    got, kept = _kept(norm_gate, norm, y, z)
+    expected, kept_plain = _kept(lambda: norm(y).reshape(z.shape) * torch.nn.functional.silu(z))
+    assert kept < kept_plain, (kept, kept_plain)
+    _same_values_and_gradients(got, expected, [y, z, norm.weight, norm.bias])
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, depthwise_conv3d
 
@@ -40,6 +42,19 @@ def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
     while channels % g:
         g -= 1
     return nn.GroupNorm(g, channels)
+
+
+def _norm_gate(norm: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return norm(y).reshape(z.shape) * F.silu(z)
+
+
+def norm_gate(norm: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """norm(y) * silu(z), the output gate of the VSS mixers (y reshaped to z's shape after the norm). In training
+    it is redone in the backward (a checkpoint of two element-wise passes) instead of keeping norm(y), its
+    contiguous input copy and silu(z): 2-3 floats per channel and voxel."""
+    if torch.is_grad_enabled() and (y.requires_grad or z.requires_grad):
+        return checkpoint(_norm_gate, norm, y, z, use_reentrant=False)
+    return _norm_gate(norm, y, z)
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .common import DepthwiseConv3d
+from .common import DepthwiseConv3d, norm_gate
 from .ss3d import RouteScan
 
 # 3D analogues of MHS-VM's 2D families (snake, diagonal zigzag, spiral, raster), each with its partner
@@ -92,4 +92,4 @@ class MHSBlock(nn.Module):
         """x: (b, D, H, W, c) channels-last."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.mhs(F.silu(self.conv(u.permute(0, 4, 1, 2, 3))))
-        return self.norm(y.permute(0, 2, 3, 4, 1)) * F.silu(z)
+        return norm_gate(self.norm, y.permute(0, 2, 3, 4, 1), z)

@@ -17,7 +17,7 @@ from medmamba.kernels import build_routes
 from medmamba.kernels.route_ops import inverse_routes
 from medmamba.kernels.routed_scan import routed_selective_scan
 
-from .common import DepthwiseConv3d
+from .common import DepthwiseConv3d, norm_gate
 from .mamba import a_log_init, dt_bias_init, init_dt_weight_
 
 DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
@@ -80,5 +80,4 @@ class SS3D(nn.Module):
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(u.permute(0, 4, 1, 2, 3)))
         y = self.scan(u).sum(1)  # (b, c, l)
-        y = self.out_norm(y.transpose(1, 2)).reshape(z.shape) * F.silu(z)
-        return self.out_proj(y)
+        return self.out_proj(norm_gate(self.out_norm, y.transpose(1, 2), z))
