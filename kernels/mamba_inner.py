@@ -48,8 +48,8 @@ class _MambaInner(torch.autograd.Function):
         B, C = (dbc[..., s].contiguous() for s in (slice(r, r + n), slice(r + n, None)))
         del dbc
         # delta = dt_w @ dt + bias is formed inside the scan (low-rank delta): no (b, l, di) delta in memory
-        y, _, ckpt = scan.scan_fwd(_t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True, True,
-                                   dt_w)
+        y, _, ckpt = scan.scan_fwd(_t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True,
+                                   any(ctx.needs_input_grad), dt_w)  # chunk states only when training
         del uc
         out = F.linear(_t(y), out_w)
         ctx.save_for_backward(x, xz if keep_xz else _NO_BIAS, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b,

@@ -42,7 +42,7 @@ class _RoutedScan(torch.autograd.Function):
         dt, B, C = _split(proj, r, n)
         # delta = dt_proj[k] @ dt + bias is formed inside the scan (low-rank delta, groups = routes)
         y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY,
-                                   dt_bias.reshape(-1), True, True, dt_proj.reshape(K * c, r))
+                                   dt_bias.reshape(-1), True, any(ctx.needs_input_grad), dt_proj.reshape(K * c, r))
         del seq, proj
         ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt)
         return gather.route_gather(y.view(b, K, c, length), inverse)

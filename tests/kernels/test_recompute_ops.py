@@ -98,15 +98,34 @@ def test_routed_scan_keeps_under_half_of_what_the_composed_ops_keep(monkeypatch)
     assert compiled < 0.5 * composed, (compiled, composed)
 
 
-def test_routed_scan_takes_the_composed_ops_for_other_backends_and_no_grad():
+def _spy(monkeypatch, module, name: str) -> list[bool]:
+    """Record each use of the autograd Function `module.name` (whether grad mode was on)."""
+    calls: list[bool] = []
+    original = getattr(module, name)
+
+    class Spy:
+        @staticmethod
+        def apply(*args):
+            calls.append(torch.is_grad_enabled())
+            return original.apply(*args)
+
+    monkeypatch.setattr(module, name, Spy)
+    return calls
+
+
+def test_routed_scan_inference_takes_the_compiled_op_and_other_backends_the_composed_ops(monkeypatch):
+    from medmamba.kernels import routed_scan as module
+
+    calls = _spy(monkeypatch, module, "_RoutedScan")
     x, params, routes, inverse, _ = _problem(8, 4, 1, (3, 3, 3), SIX[:2], False)
     p32 = {k: v.float() for k, v in params.items()}
     args = (x.float(), routes, inverse, p32["x_proj"], p32["dt_proj"], p32["dt_bias"], -torch.exp(p32["A_log"]),
             p32["D"])
     with torch.no_grad():
         a = routed_selective_scan(*args, backend="cpu")
+    assert calls == [False]  # inference: the compiled op (no delta tensor), nothing kept
     b = routed_selective_scan(*args, backend="fallback")
-    assert a.grad_fn is None and b.grad_fn is None
+    assert calls == [False] and a.grad_fn is None and b.grad_fn is None
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -172,6 +191,21 @@ def test_mamba_inner_recompute_in_proj_gives_the_same_gradients_and_keeps_less()
         assert torch.equal(results[True][k], g), k  # the same GEMM redone: bit-identical
     # per token kept: x (16) + xz (64) + dt, B, C (33) without, x + dt, B, C with
     assert kept[True] < 0.5 * kept[False], kept
+
+
+def test_mamba_inner_inference_takes_the_compiled_op(monkeypatch):
+    from medmamba.kernels import mamba_inner as module
+
+    calls = _spy(monkeypatch, module, "_MambaInner")
+    x, params, _ = _inner_problem(8, 16, 1, 90)
+    p = {k: v.float() for k, v in params.items()}
+    args = (x.float(), p["in_proj"], p["conv_weight"], p["conv_bias"], p["x_proj"], p["dt_proj"], p["dt_bias"],
+            -torch.exp(p["A_log"]), p["D"], p["out_proj"])
+    with torch.no_grad():
+        a = mamba_inner(*args, backend="cpu")
+        b = mamba_inner(*args, backend="ref")
+    assert calls == [False] and a.grad_fn is None
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_mamba_inner_above_the_kernels_delta_rank_takes_the_composed_ops():
