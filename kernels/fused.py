@@ -51,6 +51,13 @@ def compiled_op_path(x: torch.Tensor, backend: str, tensors: tuple[torch.Tensor,
             and resolve(SCAN, backend, x.device) == "cpu" and fused_available())
 
 
+def training_call(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether an op called on `tensors` will be differentiated: grad mode on and some input requiring grad
+    (inside autograd.Function.forward both are hidden: grad mode is off there, and needs_input_grad says
+    True for parameters even under torch.no_grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 _NO_BIAS = torch.empty(0)
 
 

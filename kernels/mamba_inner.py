@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .backends import selective_scan
 from .cpu import load_extension
-from .fused import causal_conv1d, causal_conv1d_ref, compiled_op_path, linear, load_fused, split_linear
+from .fused import causal_conv1d, causal_conv1d_ref, compiled_op_path, linear, load_fused, split_linear, training_call
 from .fused import weight_grad as _wgrad
 
 _NO_BIAS = torch.empty(0)
@@ -35,7 +35,7 @@ def _t(x: torch.Tensor) -> torch.Tensor:
 
 class _MambaInner(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, keep_xz):
+    def forward(ctx, x, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, keep_xz, training):
         conv, scan = load_fused(), load_extension()
         di, r = dt_w.shape
         n = A.shape[1]
@@ -49,7 +49,7 @@ class _MambaInner(torch.autograd.Function):
         del dbc
         # delta = dt_w @ dt + bias is formed inside the scan (low-rank delta): no (b, l, di) delta in memory
         y, _, ckpt = scan.scan_fwd(_t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True,
-                                   any(ctx.needs_input_grad), dt_w)  # chunk states only when training
+                                   training, dt_w)  # chunk states only when a backward will follow
         del uc
         out = F.linear(_t(y), out_w)
         ctx.save_for_backward(x, xz if keep_xz else _NO_BIAS, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b,
@@ -90,7 +90,7 @@ class _MambaInner(torch.autograd.Function):
         dx = (du2 @ in_w[:di]).addmm_(dz2, in_w[di:]).view(x.shape)
         d_in_w = torch.cat([_wgrad(du2, x2), _wgrad(dz2, x2)])
         return (dx, d_in_w, d_conv_w, d_conv_b if conv_b.numel() else None, d_x_w, d_dt_w, ddt_b, dA, dD, d_out_w,
-                None)
+                None, None)
 
 
 def mamba_inner(x: torch.Tensor, in_proj: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
@@ -108,7 +108,7 @@ def mamba_inner(x: torch.Tensor, in_proj: torch.Tensor, conv_weight: torch.Tenso
     if compiled_op_path(x, backend, (x, *params), r) and x.stride(-1) == 1:
         bias = conv_bias.contiguous() if conv_bias is not None else _NO_BIAS
         return _MambaInner.apply(x, in_proj, conv_weight.contiguous(), bias, x_proj, dt_proj.contiguous(), dt_bias,
-                                 A, D, out_proj, not recompute_in_proj)
+                                 A, D, out_proj, not recompute_in_proj, training_call((x, *params)))
     # the composed ops: split_linear's backward needs no cat of the halves' gradients
     u, z = split_linear(x, in_proj, None, [di, di])
     u = (causal_conv1d_ref if backend == "ref" else causal_conv1d)(u, conv_weight, conv_bias, silu=True)

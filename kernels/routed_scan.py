@@ -23,7 +23,7 @@ import torch
 
 from .backends import selective_scan
 from .cpu import load_extension
-from .fused import compiled_op_path, fused_enabled, load_fused
+from .fused import compiled_op_path, fused_enabled, load_fused, training_call
 from .route_ops import route_scan, route_unscan
 from .routes import cross_scan, cross_unscan
 
@@ -32,7 +32,7 @@ _EMPTY = torch.empty(0)
 
 class _RoutedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, routes, inverse, x_proj, dt_proj, dt_bias, A, D):
+    def forward(ctx, x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, training):
         gather, scan = load_fused(), load_extension()
         b, c, length = x.shape
         K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
@@ -42,7 +42,7 @@ class _RoutedScan(torch.autograd.Function):
         dt, B, C = _split(proj, r, n)
         # delta = dt_proj[k] @ dt + bias is formed inside the scan (low-rank delta, groups = routes)
         y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY,
-                                   dt_bias.reshape(-1), True, any(ctx.needs_input_grad), dt_proj.reshape(K * c, r))
+                                   dt_bias.reshape(-1), True, training, dt_proj.reshape(K * c, r))
         del seq, proj
         ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt)
         return gather.route_gather(y.view(b, K, c, length), inverse)
@@ -68,7 +68,7 @@ class _RoutedScan(torch.autograd.Function):
         dseq = du.view(b, K, c, length)
         dseq += torch.matmul(x_proj.transpose(-1, -2), dproj.transpose(-1, -2))
         dx = gather.route_gather_sum(dseq, inverse)
-        return dx, None, None, d_x_proj, d_dt_proj.view(K, c, r), dbias.view(K, c), dA, dD
+        return dx, None, None, d_x_proj, d_dt_proj.view(K, c, r), dbias.view(K, c), dA, dD, None
 
 
 def _split(proj: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,7 +90,8 @@ def routed_selective_scan(x: torch.Tensor, routes: torch.Tensor, inverse: torch.
     K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
     x3 = x.reshape(b, c, -1)
     if compiled_op_path(x3, backend, (x3, x_proj, dt_proj, dt_bias, A, D), r):
-        return _RoutedScan.apply(x3, routes, inverse, x_proj, dt_proj, dt_bias, A, D)
+        return _RoutedScan.apply(x3, routes, inverse, x_proj, dt_proj, dt_bias, A, D,
+                                 training_call((x3, x_proj, dt_proj, dt_bias, A, D)))
     fused = fused_enabled()
     seq = (route_scan(x3, routes, inverse) if fused else cross_scan(x3, routes)).view(b, K, c, -1)
     # per-route projections as batched matmuls over (b, K) in the (b, K, ., l) layout the scan reads
