@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, depthwise_conv3d
+from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, depthwise_conv3d, training_call
 
 
 def triple(v: Sequence[int] | int) -> tuple[int, int, int]:
@@ -44,6 +45,14 @@ def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels)
 
 
+def recomputed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """fn(*args), redone in the backward instead of keeping its intermediates when a backward will follow
+    (a non-reentrant checkpoint); for cheap element-wise work whose results would cost memory."""
+    if training_call(tuple(a for a in args if isinstance(a, torch.Tensor))):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 def _norm_gate(norm: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return norm(y).reshape(z.shape) * F.silu(z)
 
@@ -52,9 +61,7 @@ def norm_gate(norm: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor
     """norm(y) * silu(z), the output gate of the VSS mixers (y reshaped to z's shape after the norm). In training
     it is redone in the backward (a checkpoint of two element-wise passes) instead of keeping norm(y), its
     contiguous input copy and silu(z): 2-3 floats per channel and voxel."""
-    if torch.is_grad_enabled() and (y.requires_grad or z.requires_grad):
-        return checkpoint(_norm_gate, norm, y, z, use_reentrant=False)
-    return _norm_gate(norm, y, z)
+    return recomputed(_norm_gate, norm, y, z)
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:

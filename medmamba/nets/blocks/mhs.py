@@ -17,9 +17,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .common import DepthwiseConv3d, norm_gate
+from .common import DepthwiseConv3d, norm_gate, recomputed
 from .ss3d import RouteScan
 
 # 3D analogues of MHS-VM's 2D families (snake, diagonal zigzag, spiral, raster), each with its partner
@@ -62,9 +61,7 @@ class MultiHeadScan(nn.Module):
         """Scan Route Attention of one head; in training its ~20 element-wise steps are recomputed in the
         backward from the K route outputs instead of keeping ~8 of their (b, c, l) results (checkpointing of
         cheap work: MHS-VM's saved activations at batch 7 drop by ~a quarter)."""
-        if torch.is_grad_enabled() and y.requires_grad:
-            return checkpoint(scan_route_attention, y, self.threshold, use_reentrant=False)
-        return scan_route_attention(y, self.threshold)
+        return recomputed(scan_route_attention, y, self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, c, D, H, W) -> (b, c, D, H, W)."""
