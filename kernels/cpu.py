@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from medmamba.atomic import atomic_folder
+from medmamba.errors import MedmambaError
 
 _EXT: Any = None
 _BUILD_FAILED: str | None = None
@@ -46,24 +47,58 @@ def _source(stem: str = SCAN) -> Path:
     return Path(str(resources.files("medmamba.kernels") / "csrc" / f"{stem}.cpp"))
 
 
-def arch_flags() -> list[str]:
-    """-mavx2 -mfma where this x86-64 CPU has them (8-wide vectors for the inlined exp and the FMAs), else nothing.
+#: Instruction-set levels a kernel is built for, best first: (name, CPU flags it needs, compiler flags).
+#: AVX-512 doubles the scan's vector width (16 channels per register, 32 registers: the 16-vector state of an
+#: n = 16 scan no longer spills); AVX2 is the portable x86-64 level; "generic" is whatever the compiler targets.
+ISA_LEVELS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
+    ("avx512", frozenset({"avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw"}),
+     ("-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw")),
+    ("avx2", frozenset({"avx2", "fma"}), ("-mavx2", "-mfma")),
+    ("generic", frozenset(), ()),
+)
 
-    Not -march=native: a kernel prebuilt into a Docker image must still run on another AVX2 machine. The
-    flags are part of the cache key, so a CPU without AVX2 builds (or falls back) on its own.
-    """
+
+def _cpu_flags() -> set[str] | None:
+    """This x86-64 CPU's feature flags; None off x86-64 or where /proc/cpuinfo cannot be read."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
+        return None
     try:
-        cpu_flags = set()
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("flags"):
-                cpu_flags = set(line.split(":", 1)[1].split())
-                break
+                return set(line.split(":", 1)[1].split())
     except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= cpu_flags else []
+        pass
+    return None
 
+
+ISA_ENV = "MEDMAMBA_KERNEL_ISA"
+
+
+def isa_levels() -> list[str]:
+    """The ISA levels this CPU runs, best first (always ending in "generic"); MEDMAMBA_KERNEL_ISA=avx2 (or
+    another level's name) caps them, to measure one level against another or to rule a level out.
+
+    Not -march=native: a kernel prebuilt into a Docker image must run on every CPU of its level, and
+    `python -m medmamba.kernels build` builds each level the build machine runs, so an image built on an
+    AVX-512 host still runs on an AVX2 one. The flags are part of the cache key.
+    """
+    names = [name for name, _, _ in ISA_LEVELS]
+    cap = os.environ.get(ISA_ENV, "")
+    if cap and cap not in names:
+        raise MedmambaError(f"{ISA_ENV}={cap}: expected one of {', '.join(names)}")
+    have = _cpu_flags()
+    runs = [name for name, needs, _ in ISA_LEVELS if have is not None and needs <= have] or ["generic"]
+    return [name for name in runs if not cap or names.index(name) >= names.index(cap)]
+
+
+def arch_flags(level: str | None = None) -> list[str]:
+    """Compiler flags of an ISA level (default: the best this CPU runs)."""
+    level = level or isa_levels()[0]
+    return next(list(flags) for name, _, flags in ISA_LEVELS if name == level)
+
+
+#: The ISA level each library (by source stem) was loaded at in this process.
+LOADED_LEVEL: dict[str, str] = {}
 
 MANIFEST = "manifest.json"
 _STRICT_ENV = "MEDMAMBA_REQUIRE_COMPILED_KERNEL"
@@ -72,23 +107,23 @@ _STRICT_ENV = "MEDMAMBA_REQUIRE_COMPILED_KERNEL"
 _LAYOUT = "{stem}-manifest-1"
 
 
-def _flags() -> list[str]:
-    return ["-O3", "-ffast-math", "-fopenmp", *arch_flags()]
+def _flags(level: str | None = None) -> list[str]:
+    return ["-O3", "-ffast-math", "-fopenmp", *arch_flags(level)]
 
 
-def _identity(stem: str = SCAN) -> dict[str, Any]:
+def _identity(stem: str = SCAN, level: str | None = None) -> dict[str, Any]:
     """What a compiled library must have been built from: the source's SHA256, torch version and flags."""
     src = _source(stem).read_bytes()
-    flags = _flags()
+    flags = _flags(level)
     layout = _LAYOUT.format(stem=stem).encode()
     tag = hashlib.sha256(layout + src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
     return {"stem": stem, "name": f"medmamba_{stem}_{tag}", "tag": tag,
             "source_sha256": hashlib.sha256(src).hexdigest(), "torch": torch.__version__, "flags": flags}
 
 
-def kernel_dir(stem: str = SCAN) -> Path:
-    """The folder of this source/torch/flags combination inside cache_dir()."""
-    return cache_dir() / f"{stem}_{_identity(stem)['tag']}"
+def kernel_dir(stem: str = SCAN, level: str | None = None) -> Path:
+    """The folder of this source/torch/flags combination inside cache_dir() (default: the best ISA level)."""
+    return cache_dir() / f"{stem}_{_identity(stem, level)['tag']}"
 
 
 def _sha256(path: Path) -> str:
@@ -127,15 +162,24 @@ def _load_prebuilt(folder: Path, ident: dict[str, Any]) -> Any:
     return _import_library(ident["name"], lib)
 
 
-def build_extension(verbose: bool = False) -> Path:
-    """Compile the scan kernel into kernel_dir() (its parent must be writable); returns the library's path."""
+def build_extension(verbose: bool = False, level: str | None = None) -> Path:
+    """Compile the scan kernel into kernel_dir(level) (its parent must be writable); returns the library's path.
+
+    Only the best level's build becomes this process's kernel (a library is imported once per process).
+    """
     global _EXT, _BUILD_FAILED
-    _EXT, path = _build(SCAN, verbose)
-    _BUILD_FAILED = None
+    ext, path = _build(SCAN, verbose, level)
+    if level in (None, isa_levels()[0]):
+        _EXT, _BUILD_FAILED = ext, None
     return path
 
 
-def _build(stem: str, verbose: bool) -> tuple[Any, Path]:
+def build_library(stem: str, verbose: bool = False, level: str | None = None) -> Path:
+    """Compile csrc/<stem>.cpp for an ISA level into kernel_dir(stem, level); returns the library's path."""
+    return _build(stem, verbose, level)[1]
+
+
+def _build(stem: str, verbose: bool, level: str | None = None) -> tuple[Any, Path]:
     """Compile csrc/<stem>.cpp into kernel_dir(stem), with its manifest, nothing else.
 
     Built in a private temporary folder, then renamed into place: a reader never sees half a library, two
@@ -144,8 +188,8 @@ def _build(stem: str, verbose: bool) -> tuple[Any, Path]:
     """
     from torch.utils.cpp_extension import load
 
-    ident = _identity(stem)
-    final = kernel_dir(stem)
+    ident = _identity(stem, level)
+    final = kernel_dir(stem, level)
     final.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(final, if_exists="keep") as work:  # another process's identical build may win the rename
         ext = load(name=ident["name"], sources=[str(_source(stem))], extra_cflags=ident["flags"],
@@ -179,32 +223,48 @@ def load_extension(verbose: bool = False) -> Any:
 def _load(stem: str, verbose: bool) -> Any:
     """Load csrc/<stem>'s prebuilt library (verified, nothing written), else build it.
 
-    A library that fails verification is rebuilt where the cache is writable (a user's cache), and refused
-    where it is not (an image): the error then names the file and the check that failed.
+    The best ISA level this CPU runs is used, and built first where the cache is writable; a read-only cache
+    (an image) gives the best level it holds. A library that fails verification is rebuilt where the cache is
+    writable (a user's cache), and refused where it is not: the error then names the file and the check that
+    failed.
     """
-    ident = _identity(stem)
-    folder = cache_dir() / f"{stem}_{ident['tag']}"
-    if (folder / MANIFEST).is_file():
+    levels = isa_levels()
+    best = cache_dir() / f"{stem}_{_identity(stem, levels[0])['tag']}"
+    build_error: Exception | None = None
+    if not (best / MANIFEST).is_file() and _writable(best):
+        try:
+            ext = _build(stem, verbose, levels[0])[0]
+            LOADED_LEVEL[stem] = levels[0]
+            return ext
+        except Exception as exc:  # no compiler, or a folder only root's os.access calls writable
+            build_error = exc  # a lower level's prebuilt library may still be there
+    for level in levels:
+        ident = _identity(stem, level)
+        folder = cache_dir() / f"{stem}_{ident['tag']}"
+        if not (folder / MANIFEST).is_file():
+            continue
+        LOADED_LEVEL[stem] = level
         try:
             return _load_prebuilt(folder, ident)
         except (RuntimeError, ImportError, OSError, ValueError, KeyError) as bad:
             if not _writable(folder.parent):
                 raise RuntimeError(str(bad)) from None
             try:
-                return _build(stem, verbose)[0]
+                return _build(stem, verbose, level)[0]
             except Exception as exc:
                 last = (str(exc).strip().splitlines() or [""])[-1]
                 raise RuntimeError(f"{bad}; rebuilding failed too ({type(exc).__name__}: {last})") from exc
-    if not _writable(folder):
-        raise RuntimeError(f"no prebuilt kernel in {folder} and it cannot be built there (read-only): build it "
-                           "at image build time with `python -m medmamba.kernels build`")
-    return _build(stem, verbose)[0]
+    if build_error is not None:
+        raise build_error
+    raise RuntimeError(f"no prebuilt kernel in {best} and it cannot be built there (read-only): build it "
+                       "at image build time with `python -m medmamba.kernels build`")
 
 
 def kernel_status() -> str | None:
-    """'compiled', 'fallback (reason)' or None when no CPU scan was asked for yet; recorded by predict."""
+    """'compiled (ISA level)', 'fallback (reason)' or None when no CPU scan was asked for yet; recorded by
+    predict and benchmark."""
     if _EXT is not None:
-        return "compiled"
+        return f"compiled ({LOADED_LEVEL.get(SCAN, isa_levels()[0])})"
     if _BUILD_FAILED is not None:
         return f"fallback ({_BUILD_FAILED})"
     return None
@@ -223,6 +283,8 @@ def extension_available() -> bool:
     try:
         load_extension()
         return True
+    except MedmambaError:  # a setting the user got wrong: say so, do not fall back
+        raise
     except Exception as exc:  # no compiler, no headers, read-only cache, tampered library...
         _BUILD_FAILED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         if os.environ.get(_STRICT_ENV, "") not in ("", "0"):
@@ -345,6 +407,8 @@ def try_cached_extension(stem: str) -> Any | None:
         return None
     try:
         return load_cached_extension(stem)
+    except MedmambaError:
+        raise
     except Exception as exc:  # no compiler, no headers, read-only cache, tampered library...
         text = str(exc).strip()
         _CACHED_FAILED[stem] = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from .backends import SCAN, resolve
 from .cpu import MAX_DELTA_RANK, load_cached_extension, try_cached_extension
 
-_STEM = "fused_ops"  # csrc/fused_ops.cpp
+FUSED = "fused_ops"  # csrc/fused_ops.cpp
 
 
 def load_fused(verbose: bool = False) -> Any:
     """Build (first time) or load the fused-ops library, cached like the scan kernel; raises when impossible."""
-    return load_cached_extension(_STEM, verbose)
+    return load_cached_extension(FUSED, verbose)
 
 
 def fused_enabled() -> bool:
@@ -37,7 +37,7 @@ def fused_enabled() -> bool:
 
 def fused_available() -> bool:
     """True when the fused library is (or can be) loaded; a failure warns once and is remembered."""
-    return try_cached_extension(_STEM) is not None
+    return try_cached_extension(FUSED) is not None
 
 
 def compiled_op_path(x: torch.Tensor, backend: str, tensors: tuple[torch.Tensor, ...], delta_rank: int) -> bool:

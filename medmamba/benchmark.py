@@ -192,8 +192,16 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         "batch_size": batch,
         "profile": profile,
         "allocator": active_allocator(),
+        "scan_kernel": _scan_kernel(),
         **predicted,
     }
+
+
+def _scan_kernel() -> str:
+    """Which CPU selective scan this network ran on: 'compiled (avx512)', 'fallback (why)', or '-' (none)."""
+    from medmamba.kernels import cpu
+
+    return cpu.kernel_status() or "-"
 
 
 def parse_network_spec(spec: str) -> tuple[str, dict[str, str]]:

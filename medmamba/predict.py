@@ -165,7 +165,7 @@ def watch_tiles(predictor: Any, on_tile: Callable[[int, int], None]) -> None:
 
 
 def scan_kernel_status() -> str | None:
-    """Which CPU selective scan ran: 'compiled', 'fallback (why)', or None (no Mamba scan on the CPU)."""
+    """Which CPU selective scan ran: 'compiled (ISA level)', 'fallback (why)', or None (no Mamba scan on the CPU)."""
     from medmamba.kernels import cpu
 
     return cpu.kernel_status()

@@ -4,12 +4,12 @@
 //   h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
 //   y_t  = (sum_n C_t[n] * h_t[n] + D * u_t) * silu(z_t)      (D and z optional)
 //
-// Vectorised over channels: one OpenMP task owns a block of W = 8 channels of one batch item (a block never
+// Vectorised over channels: one OpenMP task owns a block of W = 8 (AVX-512: 16) channels of one batch item (a block never
 // straddles a group of B/C), lane j of every vector is channel c0 + j, so the state is n vectors of W lanes,
 // B_t[k] and C_t[k] are broadcasts and y_t needs no horizontal sum. Every tensor is read and written
 // through its strides, so the token-major (b, l, d) activations of a network need no transposed copies,
 // and the bias/softplus/D/z element-wise passes (and their backward) happen inside the scan.
-// The forward keeps h only at chunk boundaries; the backward, vectorised over the same 8-channel blocks,
+// The forward keeps h only at chunk boundaries; the backward, vectorised over the same channel blocks,
 // recomputes each chunk from its boundary state and runs the adjoint recurrence in reverse (see bwd_block).
 // Optionally delta is low-rank: given dtw (d, r), the delta input is (b, g*r, l) and delta = dtw @ dt per
 // group is formed as it is read (load_delta), with its gradients reduced inside the backward, so that no
@@ -26,7 +26,14 @@
 namespace {
 
 constexpr int64_t kChunk = 64;
+// Lanes per vector: 16 channels in one 512-bit register where the build targets AVX-512 (kernels/cpu.py builds
+// that variant on CPUs that have it), else 8 (AVX2). A block of W channels is one task.
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
 constexpr int W = 8;
+#endif
+constexpr int kAlign = 4 * W;  // bytes of one vector: rows of W lanes are aligned to it
 constexpr int64_t kMaxState = 256;
 constexpr int64_t kMaxRank = 64;  // rank of a low-rank delta (dt_proj inside the scan)
 
@@ -164,9 +171,9 @@ template <int64_t N>
 struct Block {
   int64_t gi, c0, ch[W];
   int w;
-  alignas(32) float a[N > 0 ? N : kMaxState][W];
-  alignas(32) float Dv[W], bv[W];
-  alignas(32) float wdt[kMaxRank][W];
+  alignas(kAlign) float a[N > 0 ? N : kMaxState][W];
+  alignas(kAlign) float Dv[W], bv[W];
+  alignas(kAlign) float wdt[kMaxRank][W];
 
   Block(const Problem& p, int64_t blk) {
     const int64_t n = N > 0 ? N : p.n;
@@ -206,7 +213,7 @@ template <int64_t N>
 void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* ck, float* last) {
   const int64_t n = N > 0 ? N : p.n;
   const Block<N> bk(p, blk);
-  alignas(32) float h[N > 0 ? N : kMaxState][W];
+  alignas(kAlign) float h[N > 0 ? N : kMaxState][W];
   for (int64_t k = 0; k < n; ++k)
     for (int j = 0; j < W; ++j) h[k][j] = 0.f;
   for (int64_t t0 = 0; t0 < p.l; t0 += kChunk) {
@@ -218,7 +225,7 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
     const int64_t t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
     // The chunk's inputs for the W lanes first (one strided walk per lane), softplus and the z gate in
     // loops over len*W values that vectorise; the scan then reads contiguous W-vectors per step.
-    alignas(32) float dts[kChunk][W], us[kChunk][W], gate[kChunk][W], ys[kChunk][W];
+    alignas(kAlign) float dts[kChunk][W], us[kChunk][W], gate[kChunk][W], ys[kChunk][W];
     load_delta(p, bk, bi, t0, len, dts);
     for (int j = 0; j < W; ++j)
       for (int64_t i = 0; i < len; ++i) us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
@@ -236,7 +243,7 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
     }
     for (int64_t i = 0; i < len; ++i) {
       const int64_t t = t0 + i;
-      alignas(32) float duv[W], acc[W], acc2[W];
+      alignas(kAlign) float duv[W], acc[W], acc2[W];
       for (int j = 0; j < W; ++j) {
         duv[j] = dts[i][j] * us[i][j];
         acc[j] = acc2[j] = 0.f;
@@ -272,15 +279,25 @@ struct Grads {
 };
 
 // out[k] += sum over the W lanes of v[k], for k < n: the channel reduction of dB_t / dC_t. With AVX2, eight
-// rows at a time through horizontal adds (9 shuffles/adds for 8 sums); elsewhere plain loops.
+// rows at a time through horizontal adds (9 shuffles/adds for 8 sums; a 16-lane row is first folded to 8 lanes
+// by adding its two halves); elsewhere plain loops.
 inline void add_lane_sums(const float (*v)[W], int64_t n, float* out) {
   int64_t k = 0;
 #if defined(__AVX2__)
+  auto row = [&](int64_t i) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    const __m512 x = _mm512_load_ps(v[i]);
+    return _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1));
+#else
+    static_assert(W == 8, "a 16-lane row needs AVX-512DQ to fold");
+    return _mm256_load_ps(v[i]);
+#endif
+  };
   for (; k + 8 <= n; k += 8) {
-    const __m256 t0 = _mm256_hadd_ps(_mm256_load_ps(v[k]), _mm256_load_ps(v[k + 1]));
-    const __m256 t1 = _mm256_hadd_ps(_mm256_load_ps(v[k + 2]), _mm256_load_ps(v[k + 3]));
-    const __m256 t2 = _mm256_hadd_ps(_mm256_load_ps(v[k + 4]), _mm256_load_ps(v[k + 5]));
-    const __m256 t3 = _mm256_hadd_ps(_mm256_load_ps(v[k + 6]), _mm256_load_ps(v[k + 7]));
+    const __m256 t0 = _mm256_hadd_ps(row(k), row(k + 1));
+    const __m256 t1 = _mm256_hadd_ps(row(k + 2), row(k + 3));
+    const __m256 t2 = _mm256_hadd_ps(row(k + 4), row(k + 5));
+    const __m256 t3 = _mm256_hadd_ps(row(k + 6), row(k + 7));
     const __m256 lo = _mm256_hadd_ps(t0, t1), hi = _mm256_hadd_ps(t2, t3);
     const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
     _mm256_storeu_ps(out + k, _mm256_add_ps(_mm256_loadu_ps(out + k), s));
@@ -302,9 +319,9 @@ struct BwdWork {
   float (*dbv)[W];  // n rows (one step)
   float (*dcv)[W];  // n rows
   float (*dwv)[W];  // kMaxRank rows: one step's d dt terms of a low-rank delta
-  explicit BwdWork(int64_t n) : buf(((2 * kChunk + 1) * n + 2 * n + kMaxRank) * W + 8) {
+  explicit BwdWork(int64_t n) : buf(((2 * kChunk + 1) * n + 2 * n + kMaxRank) * W + W) {
     auto base = reinterpret_cast<uintptr_t>(buf.data());
-    float* f = reinterpret_cast<float*>((base + 31) & ~uintptr_t(31));  // 32-byte aligned rows
+    float* f = reinterpret_cast<float*>((base + kAlign - 1) & ~uintptr_t(kAlign - 1));  // aligned rows
     hs = reinterpret_cast<float (*)[W]>(f);
     dec = hs + (kChunk + 1) * n;
     dbv = dec + kChunk * n;
@@ -329,8 +346,8 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
   const float* Cg = p.Cp + bi * p.Cs[0] + bk.gi * p.Cs[1];
   float* dBg = gr.dB + (bi * p.g + bk.gi) * p.l * n;
   float* dCg = gr.dC + (bi * p.g + bk.gi) * p.l * n;
-  alignas(32) float g[N > 0 ? N : kMaxState][W], an[N > 0 ? N : kMaxState][W], dAacc[N > 0 ? N : kMaxState][W];
-  alignas(32) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
+  alignas(kAlign) float g[N > 0 ? N : kMaxState][W], an[N > 0 ? N : kMaxState][W], dAacc[N > 0 ? N : kMaxState][W];
+  alignas(kAlign) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
   for (int64_t k = 0; k < n; ++k)
     for (int j = 0; j < W; ++j) g[k][j] = an[k][j] = dAacc[k][j] = 0.f;
   for (int64_t q = 0; q < p.r; ++q)
@@ -344,7 +361,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
   float (*dec)[W] = wk.dec;
   for (int64_t c = p.nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
-    alignas(32) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
+    alignas(kAlign) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
         dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
     const bool want_y = gr.y.p != nullptr;
     load_delta(p, bk, bi, t0, len, dts);
@@ -377,7 +394,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       for (int j = 0; j < W; ++j) hs[k][j] = cks[k * W + j];
     for (int64_t i = 0; i < len; ++i) {
       const float* Bt = Bg + (t0 + i) * p.Bs[3];
-      alignas(32) float duv[W];
+      alignas(kAlign) float duv[W];
       for (int j = 0; j < W; ++j) duv[j] = dts[i][j] * us[i][j];
       const float (*hp)[W] = hs + i * n;
       float (*hn)[W] = hs + (i + 1) * n;
@@ -398,10 +415,10 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       const float (*hprev)[W] = hs + i * n;
       const float (*hcur)[W] = hs + (i + 1) * n;
       const float (*dc)[W] = dec + i * n;
-      alignas(32) float dyp[W], dtu[W], du_acc[W], ddt_acc[W];
+      alignas(kAlign) float dyp[W], dtu[W], du_acc[W], ddt_acc[W];
       for (int j = 0; j < W; ++j) dyp[j] = dys[i][j];
       if (p.has_z || want_y) {
-        alignas(32) float yp[W], yp2[W];
+        alignas(kAlign) float yp[W], yp2[W];
         for (int j = 0; j < W; ++j) {
           yp[j] = bk.Dv[j] * us[i][j];
           yp2[j] = 0.f;

@@ -11,9 +11,12 @@ from medmamba.benchmark import add_ratios, benchmark_networks
 @pytest.mark.slow
 def test_benchmark_measures_nnunet_on_the_plan(tiny_workspace):
     folder = tiny_workspace.preprocessed / "Dataset500_Tiny"
-    rows = benchmark_networks(folder, ["nnunet", "no_such_network", "nnunet@MEDMAMBA_ALLOCATOR=system"], repeats=1)
+    rows = benchmark_networks(folder, ["nnunet", "no_such_network", "nnunet@MEDMAMBA_ALLOCATOR=system",
+                                       "mhs_vm@MEDMAMBA_KERNEL_ISA=generic"], repeats=1)
     add_ratios(rows)
     row = rows[0]
+    # every row names the scan kernel it ran on: none for nnunet, the level its spec caps for a Mamba network
+    assert row["scan_kernel"] == "-" and rows[3]["scan_kernel"] == "compiled (generic)", rows[3]
     # each network's subprocess runs on the allocator its spec asks for (auto: tcmalloc where installed)
     assert row["allocator"] == ("tcmalloc" if find_tcmalloc() else "system")
     assert rows[2]["allocator"] == "system" and "error" not in rows[2]

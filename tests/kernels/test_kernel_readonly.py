@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from medmamba.kernels import cpu
+
 pytestmark = pytest.mark.slow
 
 USE_KERNEL = r'''
@@ -39,12 +41,17 @@ warnings.simplefilter("error", RuntimeWarning)
 import torch
 from medmamba.kernels import cpu, selective_scan
 g = torch.Generator().manual_seed(0)
-u, delta, z = (torch.randn(1, 8, 37, generator=g) for _ in range(3))
-A = -torch.arange(1, 17, dtype=torch.float32).repeat(8, 1)
-B, C = (torch.randn(1, 16, 37, generator=g) for _ in range(2))
-y = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True)
-ref = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, backend="ref")
-torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+# 24 channels: a full and a partial block of 16 lanes (AVX-512), three blocks of 8 (AVX2); 150 steps: 3 chunks
+u, delta, z = (torch.randn(1, 24, 150, generator=g, requires_grad=True) for _ in range(3))
+A = (-torch.arange(1, 17, dtype=torch.float32).repeat(24, 1)).requires_grad_()
+B, C = (torch.randn(1, 16, 150, generator=g, requires_grad=True) for _ in range(2))
+dy = torch.randn(1, 24, 150, generator=g)
+outs = {}
+for backend in ("auto", "ref"):  # auto: the compiled kernel, or the fallback the STATUS line then names
+    y = selective_scan(u, delta, A, B, C, z=z, delta_softplus=True, backend=backend)
+    outs[backend] = (y, *torch.autograd.grad(y, (u, delta, A, B, C, z), dy))
+for got, want in zip(outs["auto"], outs["ref"]):
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 print("STATUS", cpu.kernel_status())
 from medmamba.kernels import fused
 print("FUSED", fused.fused_available())  # the fused ops around the scan load the same read-only way
@@ -85,7 +92,8 @@ def built_cache(tmp_path_factory) -> Path:
         pytest.skip(f"no working C++ toolchain: {res.stderr.strip().splitlines()[-1:]}")
     assert res.returncode == 0, res.stderr[-3000:]
     folders = sorted(cache.iterdir())
-    assert [f.name.split("_")[0] for f in folders] == ["fused", "selective"], folders  # scan + fused ops
+    levels = len(cpu.isa_levels())  # every level this CPU runs, so that the image runs on lesser CPUs too
+    assert [f.name.split("_")[0] for f in folders] == ["fused"] * levels + ["selective"] * levels, folders
     for folder in folders:
         kept = sorted(p.name for p in folder.iterdir())
         assert len(kept) == 2 and "manifest.json" in kept and kept[1].endswith(".so"), f"build leftovers: {kept}"
@@ -108,7 +116,7 @@ def test_compiled_kernel_used_from_read_only_folder(built_cache, tmp_path):
 
 def _tampered_copy(built_cache: Path, dst: Path) -> Path:
     shutil.copytree(built_cache, dst)
-    (lib,) = dst.glob("selective_scan_*/*.so")
+    (lib,) = dst.glob(f"selective_scan_{cpu._identity(cpu.SCAN)['tag']}/*.so")  # the best level's
     data = bytearray(lib.read_bytes())
     data[-1] ^= 0xFF
     lib.write_bytes(bytes(data))
@@ -149,3 +157,42 @@ def test_missing_kernel_in_read_only_cache_says_how_to_build(tmp_path):
     if os.geteuid() != 0:  # root may write to a 0555 folder: then the audit hook is what refuses
         assert "python -m medmamba.kernels build" in res.stderr
     assert not any(empty.iterdir())
+
+
+def test_read_only_image_without_this_cpus_best_level_loads_the_next(built_cache, tmp_path):
+    """An image built on an AVX2 host, run on an AVX-512 one: the AVX2 library, not the PyTorch fallback."""
+    levels = cpu.isa_levels()
+    if len(levels) < 3:
+        pytest.skip(f"this CPU runs only {levels}: no lower level to fall back to next to a better one")
+    shutil.copytree(built_cache, tmp_path / "lesser")
+    for stem in (cpu.SCAN, "fused_ops"):
+        shutil.rmtree(tmp_path / "lesser" / f"{stem}_{cpu._identity(stem, levels[0])['tag']}")
+    ro = _read_only_copy(tmp_path / "lesser", tmp_path / "ro")
+    try:
+        res = _run(USE_KERNEL, ro, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"STATUS compiled ({levels[1]})" in res.stdout and "FUSED True" in res.stdout
+    finally:
+        _make_writable(ro)
+
+
+@pytest.mark.parametrize("level", ["avx2", "generic"])
+def test_each_isa_level_of_the_image_computes_the_same_scan(built_cache, tmp_path, level):
+    """MEDMAMBA_KERNEL_ISA caps the level: every library an image carries gives the reference's outputs and
+    gradients (USE_KERNEL checks them), not only the one this CPU would pick."""
+    if level not in cpu.isa_levels():
+        pytest.skip(f"this CPU does not run {level}")
+    ro = _read_only_copy(built_cache, tmp_path / "ro")
+    try:
+        res = _run(USE_KERNEL, ro, MEDMAMBA_REQUIRE_COMPILED_KERNEL="1", MEDMAMBA_KERNEL_ISA=level)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"STATUS compiled ({level})" in res.stdout and "FUSED True" in res.stdout
+    finally:
+        _make_writable(ro)
+
+
+def test_unknown_isa_level_is_an_error_not_a_silent_fallback(built_cache):
+    res = _run(USE_KERNEL.replace("sys.addaudithook(hook)", ""), built_cache, MEDMAMBA_KERNEL_ISA="sse4")
+    assert res.returncode != 0
+    assert "MEDMAMBA_KERNEL_ISA=sse4: expected one of avx512, avx2, generic" in res.stderr
+    assert "PyTorch fallback" not in res.stderr

@@ -74,9 +74,12 @@ class ViLBlock(nn.Module):
         def heads(a: torch.Tensor) -> torch.Tensor:
             return a.reshape(b, length, self.heads, -1).transpose(1, 2)
 
+        def wide(a: torch.Tensor) -> torch.Tensor:  # the mLSTM in fp32 under autocast; float64 stays float64
+            return a if a.dtype == torch.float64 else a.float()
+
         with torch.autocast(t.device.type, enabled=False):
-            h = mlstm_chunkwise(heads(q).float(), heads(k).float(), heads(v).float(), i_gate.transpose(1, 2).float(),
-                                f_gate.transpose(1, 2).float(), chunk=self.chunk, backend=self.backend)
+            h = mlstm_chunkwise(wide(heads(q)), wide(heads(k)), wide(heads(v)), wide(i_gate.transpose(1, 2)),
+                                wide(f_gate.transpose(1, 2)), chunk=self.chunk, backend=self.backend)
         # per-token, per-head normalisation: each token is a "sample" for GroupNorm (no mixing across tokens)
         h = self.outnorm(h.transpose(1, 2).reshape(b * length, -1)).reshape(b, length, -1)
         return self.proj_down((h + self.skip * xc) * F.silu(z))
