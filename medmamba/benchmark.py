@@ -31,7 +31,11 @@ SCAN_FLOPS_PER_UPDATE = 9
 
 @contextmanager
 def count_scan_flops(counter: dict[str, float]):
-    """Wrap every `selective_scan` reference held by medmamba modules and add its analytic FLOPs."""
+    """Wrap every `selective_scan` reference held by medmamba modules and add its analytic FLOPs.
+
+    The layer ops that run a scan inside one compiled call (mamba_inner, routed_scan) are turned off meanwhile
+    (MEDMAMBA_FUSED=0): their composed form, the same mathematics, calls `selective_scan`, so every scan counts.
+    """
     import medmamba.kernels as kernels
 
     original = kernels.selective_scan
@@ -47,11 +51,17 @@ def count_scan_flops(counter: dict[str, float]):
         if (name.startswith("medmamba.") or name == "medmamba") and getattr(module, "selective_scan", None) is original:
             setattr(module, "selective_scan", counting)  # noqa: B010  (any module that imported it)
             patched.append(module)
+    fused = os.environ.get("MEDMAMBA_FUSED")
+    os.environ["MEDMAMBA_FUSED"] = "0"
     try:
         yield
     finally:
         for module in patched:
             setattr(module, "selective_scan", original)  # noqa: B010
+        if fused is None:
+            os.environ.pop("MEDMAMBA_FUSED", None)
+        else:
+            os.environ["MEDMAMBA_FUSED"] = fused
 
 
 def _plans_and_dataset(model_source: Path) -> tuple[dict[str, Any], dict[str, Any]]:

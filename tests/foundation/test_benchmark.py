@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from medmamba.allocator import find_tcmalloc
@@ -63,3 +65,21 @@ def test_memory_profile_attributes_a_training_steps_activations_to_modules(tiny_
     assert res["mode"] == "memory" and res["saved_MiB"] > 0 and res["peak_rss_MB"] > 100
     assert any(r["module"].endswith("RVMLayer/MambaMixer") for r in res["modules"])
     assert sum(r["MiB"] for r in res["modules"]) == pytest.approx(res["saved_MiB"])
+
+
+def test_scan_flops_are_counted_where_the_scan_runs_inside_a_fused_op(monkeypatch):
+    """The Mamba mixer runs its scan inside one compiled op (kernels/mamba_inner.py); the FLOP count must still
+    see it: 9 per state update, plus the D skip (1) and the z gate (5) per channel and token."""
+    import torch
+
+    from medmamba.benchmark import count_scan_flops
+    from medmamba.nets.blocks.mamba import MambaMixer
+
+    monkeypatch.delenv("MEDMAMBA_FUSED", raising=False)
+    mixer = MambaMixer(8)
+    counter = {"scan": 0.0}
+    with torch.no_grad(), count_scan_flops(counter):
+        mixer(torch.randn(2, 12, 8))
+    b, d, n, length = 2, mixer.d_inner, mixer.d_state, 12
+    assert counter["scan"] == 9 * b * d * n * length + b * d * length + 5 * b * d * length
+    assert "MEDMAMBA_FUSED" not in os.environ  # the setting it changed meanwhile is restored
