@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from medmamba.atomic import atomic_folder
-from medmamba.errors import MedmambaError
 
 _EXT: Any = None
 _BUILD_FAILED: str | None = None
@@ -74,6 +73,10 @@ def _cpu_flags() -> set[str] | None:
 ISA_ENV = "MEDMAMBA_KERNEL_ISA"
 
 
+class KernelSettingError(ValueError):
+    """A kernel setting the user got wrong (MEDMAMBA_KERNEL_ISA): an error, never a silent fallback."""
+
+
 def isa_levels() -> list[str]:
     """The ISA levels this CPU runs, best first (always ending in "generic"); MEDMAMBA_KERNEL_ISA=avx2 (or
     another level's name) caps them, to measure one level against another or to rule a level out.
@@ -85,7 +88,7 @@ def isa_levels() -> list[str]:
     names = [name for name, _, _ in ISA_LEVELS]
     cap = os.environ.get(ISA_ENV, "")
     if cap and cap not in names:
-        raise MedmambaError(f"{ISA_ENV}={cap}: expected one of {', '.join(names)}")
+        raise KernelSettingError(f"{ISA_ENV}={cap}: expected one of {', '.join(names)}")
     have = _cpu_flags()
     runs = [name for name, needs, _ in ISA_LEVELS if have is not None and needs <= have] or ["generic"]
     return [name for name in runs if not cap or names.index(name) >= names.index(cap)]
@@ -283,7 +286,7 @@ def extension_available() -> bool:
     try:
         load_extension()
         return True
-    except MedmambaError:  # a setting the user got wrong: say so, do not fall back
+    except KernelSettingError:  # a setting the user got wrong: say so, do not fall back
         raise
     except Exception as exc:  # no compiler, no headers, read-only cache, tampered library...
         _BUILD_FAILED = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
@@ -407,7 +410,7 @@ def try_cached_extension(stem: str) -> Any | None:
         return None
     try:
         return load_cached_extension(stem)
-    except MedmambaError:
+    except KernelSettingError:
         raise
     except Exception as exc:  # no compiler, no headers, read-only cache, tampered library...
         text = str(exc).strip()
