@@ -47,8 +47,8 @@ def _source(stem: str = SCAN) -> Path:
 
 
 #: Instruction-set levels a kernel is built for, best first: (name, CPU flags it needs, compiler flags).
-#: AVX-512 doubles the scan's vector width (16 channels per register, 32 registers: the 16-vector state of an
-#: n = 16 scan no longer spills); AVX2 is the portable x86-64 level; "generic" is whatever the compiler targets.
+#: AVX-512 doubles the scan's vector width (16 channels per register) and its registers (32, where an n = 16
+#: state alone takes 16); AVX2 is the portable x86-64 level; "generic" is whatever the compiler targets.
 ISA_LEVELS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
     ("avx512", frozenset({"avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw"}),
      ("-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw")),
