@@ -8,10 +8,10 @@ order: (b, K, c, l).
 Why one op: composed from PyTorch ops, autograd keeps the K route copies of the map (K*c floats per voxel),
 delta (K*c more) and transposed copies of B and C for the backward: on VM-UNet this was 62% of all the
 activation memory of a training step at the plan's batch (3.2 of 5.2 GiB). The compiled path here keeps
-only the map (c floats per voxel), the projections (K*(r+2N)) and the scan's chunk-boundary states, and
-recomputes the route gather in the backward; delta never exists as a tensor: the scan forms it from the
-rank-r dt as it reads it (dt_proj inside the scan, forward and backward). Same mathematics: outputs and
-gradients equal the composed formulation up to float32 summation order.
+only the map (c floats per voxel) and the scan's chunk-boundary states, and recomputes the route gather and
+the projections (K*(r+2N) floats per voxel, one batched product) in the backward; delta never exists as a
+tensor: the scan forms it from the rank-r dt as it reads it (dt_proj inside the scan, forward and backward).
+Same mathematics: outputs and gradients equal the composed formulation up to float32 summation order.
 
 The compiled path runs for fp32 CPU tensors when the scan backend resolves to `cpu` and MEDMAMBA_FUSED is not
 0; anything else (ref/fallback/triton backends, float64, autocast, no compiler) runs the composed ops.
@@ -43,18 +43,19 @@ class _RoutedScan(torch.autograd.Function):
         # delta = dt_proj[k] @ dt + bias is formed inside the scan (low-rank delta, groups = routes)
         y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY,
                                    dt_bias.reshape(-1), True, training, dt_proj.reshape(K * c, r))
-        del seq, proj
-        ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt)
+        del seq, proj, dt, B, C
+        ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, ckpt)
         return gather.route_gather(y.view(b, K, c, length), inverse)
 
     @staticmethod
     def backward(ctx, g):
-        x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, dt, B, C, ckpt = ctx.saved_tensors
+        x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, ckpt = ctx.saved_tensors
         gather, scan = load_fused(), load_extension()
         b, c, length = x.shape
         K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
         dy = gather.route_gather(g, routes)  # the adjoint of reading back along the inverse routes
         seq = gather.route_gather(x.unsqueeze(1), routes)  # recomputed, not saved
+        dt, B, C = _split(torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2)), r, n)  # so are these
         du, _, dA, dB, dC, dD, _, dbias, _, ddt, d_dt_proj = scan.scan_bwd(
             seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1), True,
             ckpt, dy.view(b, K * c, length), False, dt_proj.reshape(K * c, r))

@@ -81,7 +81,7 @@ def _saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
-def test_routed_scan_keeps_under_half_of_what_the_composed_ops_keep(monkeypatch):
+def test_routed_scan_keeps_a_seventh_of_what_the_composed_ops_keep(monkeypatch):
     x, params, routes, inverse, _ = _problem(32, 16, 2, (6, 8, 10), SIX, False)
     x32 = x.float().requires_grad_()
     p32 = {k: v.float().requires_grad_() for k, v in params.items()}
@@ -93,9 +93,10 @@ def test_routed_scan_keeps_under_half_of_what_the_composed_ops_keep(monkeypatch)
     compiled = _saved_bytes(call)
     monkeypatch.setenv("MEDMAMBA_FUSED", "0")
     composed = _saved_bytes(call)
-    # composed: 6 route copies of the map and 6 of delta (12 x 32 floats per voxel) plus projections;
-    # compiled: the map once (32) plus dt, B and C (6 x 34)
-    assert compiled < 0.5 * composed, (compiled, composed)
+    # composed: 6 route copies of the map and 6 of delta (12 x 32 floats per voxel) plus projections
+    # (6 x 34); compiled: the map once (32 floats per voxel), the chunk-boundary states and the route tables,
+    # nothing per route and voxel (keeping dt, B and C as well measured 0.36x)
+    assert compiled < 0.15 * composed, (compiled, composed)
 
 
 def _spy(monkeypatch, module, name: str) -> list[bool]:
