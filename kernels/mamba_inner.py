@@ -33,6 +33,13 @@ def _t(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2)
 
 
+def _project(uc: torch.Tensor, x_w: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, ...]:
+    """x_proj: (b, l, di) -> dt (b, l, r), B and C (b, l, N), each its own storage: dt for the rank-r products,
+    B/C rows of N contiguous floats for the scan."""
+    dbc = F.linear(uc, x_w)  # (b, l, r + 2N)
+    return dbc[..., :r].contiguous(), dbc[..., r:r + n].contiguous(), dbc[..., r + n:].contiguous()
+
+
 class _MambaInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, keep_xz, training):
@@ -42,30 +49,29 @@ class _MambaInner(torch.autograd.Function):
         xz = F.linear(x, in_w)  # (b, l, 2 di)
         u, z = xz[..., :di], xz[..., di:]
         uc = conv.causal_conv_fwd(u, conv_w, conv_b, True)
-        dbc = F.linear(uc, x_w)  # (b, l, r + 2N)
-        # own storages: dt for the rank-r products, B/C rows of N contiguous floats for the scan
-        dt = dbc[..., :r].contiguous()
-        B, C = (dbc[..., s].contiguous() for s in (slice(r, r + n), slice(r + n, None)))
-        del dbc
+        dt, B, C = _project(uc, x_w, r, n)
         # delta = dt_w @ dt + bias is formed inside the scan (low-rank delta): no (b, l, di) delta in memory
         y, _, ckpt = scan.scan_fwd(_t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True,
                                    training, dt_w)  # chunk states only when a backward will follow
         del uc
         out = F.linear(_t(y), out_w)
-        ctx.save_for_backward(x, xz if keep_xz else _NO_BIAS, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b,
-                              A, D, out_w)
+        kept = (xz, dt, B, C) if keep_xz else (_NO_BIAS,) * 4  # recompute_in_proj: x alone
+        ctx.save_for_backward(x, *kept, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, xz, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w = ctx.saved_tensors
-        if not xz.numel():  # recompute_in_proj: one GEMM instead of keeping 4 d_model floats per token
+        recompute = not xz.numel()  # recompute_in_proj: one GEMM instead of keeping 4 d_model floats per token
+        if recompute:
             xz = F.linear(x, in_w)
         conv, scan = load_fused(), load_extension()
         di, r = dt_w.shape
         n = A.shape[1]
         u, z = xz[..., :di], xz[..., di:]
         uc = conv.causal_conv_fwd(u, conv_w, conv_b, True)  # recomputed, not saved
+        if recompute:  # and x_proj's small product too
+            dt, B, C = _project(uc, x_w, r, n)
         dout2 = dout.reshape(-1, dout.shape[-1])
         dy = (dout2 @ out_w).view(*dout.shape[:-1], di)
         duc, _, dA, dB, dC, dD, dz, ddt_b, y, ddt, d_dt_w = scan.scan_bwd(
@@ -100,8 +106,8 @@ def mamba_inner(x: torch.Tensor, in_proj: torch.Tensor, conv_weight: torch.Tenso
     x_proj (r + 2N, di), dt_proj (di, r) with dt_bias (di,) (the delta bias, softplus on), A (di, N), D (di,),
     out_proj (d_model, di); no biases on the projections, as in mamba_ssm. `backend` is the selective scan's:
     `ref` keeps everything in PyTorch ops (the oracle for the compiled path). `recompute_in_proj` (compiled path
-    only) keeps just x and redoes the in_proj product in the backward: the mixer then keeps ~a third of the
-    memory for one more GEMM."""
+    only) keeps just x and redoes the in_proj and x_proj products in the backward: the mixer then keeps ~a
+    quarter of the memory for two more GEMMs."""
     di, r = dt_proj.shape
     n = A.shape[1]
     params = (in_proj, conv_weight, x_proj, dt_proj, dt_bias, A, D, out_proj)

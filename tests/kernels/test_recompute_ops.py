@@ -190,8 +190,8 @@ def test_mamba_inner_recompute_in_proj_gives_the_same_gradients_and_keeps_less()
         results[recompute] = {"x": xl.grad, **{k: v.grad for k, v in p.items()}}
     for k, g in results[False].items():
         assert torch.equal(results[True][k], g), k  # the same GEMM redone: bit-identical
-    # per token kept: x (16) + xz (64) + dt, B, C (33) without, x + dt, B, C with
-    assert kept[True] < 0.5 * kept[False], kept
+    # per token kept (besides the chunk states): x (16) + xz (64) + dt, B, C (33) without, x alone with
+    assert kept[True] < 0.3 * kept[False], kept
 
 
 def test_mamba_inner_inference_takes_the_compiled_op(monkeypatch):
