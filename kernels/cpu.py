@@ -11,6 +11,7 @@ MEDMAMBA_REQUIRE_COMPILED_KERNEL=1).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -57,14 +58,15 @@ ISA_LEVELS: tuple[tuple[str, frozenset[str], tuple[str, ...]], ...] = (
 )
 
 
-def _cpu_flags() -> set[str] | None:
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
     """This x86-64 CPU's feature flags; None off x86-64 or where /proc/cpuinfo cannot be read."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
     return None
@@ -171,9 +173,11 @@ def build_extension(verbose: bool = False, level: str | None = None) -> Path:
     Only the best level's build becomes this process's kernel (a library is imported once per process).
     """
     global _EXT, _BUILD_FAILED
+    best = isa_levels()[0]
     ext, path = _build(SCAN, verbose, level)
-    if level in (None, isa_levels()[0]):
+    if level in (None, best):
         _EXT, _BUILD_FAILED = ext, None
+        LOADED_LEVEL[SCAN] = best
     return path
 
 
@@ -232,7 +236,7 @@ def _load(stem: str, verbose: bool) -> Any:
     failed.
     """
     levels = isa_levels()
-    best = cache_dir() / f"{stem}_{_identity(stem, levels[0])['tag']}"
+    best = kernel_dir(stem, levels[0])
     build_error: Exception | None = None
     if not (best / MANIFEST).is_file() and _writable(best):
         try:
@@ -267,7 +271,7 @@ def kernel_status() -> str | None:
     """'compiled (ISA level)', 'fallback (reason)' or None when no CPU scan was asked for yet; recorded by
     predict and benchmark."""
     if _EXT is not None:
-        return f"compiled ({LOADED_LEVEL.get(SCAN, isa_levels()[0])})"
+        return f"compiled ({LOADED_LEVEL[SCAN]})"
     if _BUILD_FAILED is not None:
         return f"fallback ({_BUILD_FAILED})"
     return None
