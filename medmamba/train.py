@@ -16,6 +16,7 @@ import torch
 
 from medmamba.distributed import is_main_process, process_group
 from medmamba.errors import MedmambaError
+from medmamba.nets.blocks.common import recompute_blocks
 from medmamba.plan import CONFIGURATION, PLANS_NAME, dataset_name
 from medmamba.runtime import quiet, resolve_device
 from medmamba.workspace import Workspace
@@ -88,6 +89,7 @@ def train_model(ws: Workspace, dataset: str | int, network: str = "nnunet", fold
     seed and trains on rows rank::world_size of it, so N processes must reproduce 1 process.
     `preset` is a profile name, or a resolved preset dict (`medmamba.presets.load_preset`, edited).
     """
+    recompute_blocks()  # a mistyped MEDMAMBA_RECOMPUTE fails before anything is written
     dev = resolve_device(device)
     with process_group(dev, enabled=distributed) as where:
         if where is not None and dev.type == "cuda":

@@ -14,6 +14,7 @@ from typing import Any
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from medmamba.nets.blocks.common import recompute_blocks
 from medmamba.presets import PresetError, load_preset
 from medmamba.registry import get_network
 
@@ -51,6 +52,7 @@ def build_network(network: str, configuration_manager: ConfigurationManager, num
                   profile: str = "default", plans_manager: PlansManager | None = None) -> nn.Module:
     """The registered network on this plan, with `preset` (default: the network's resolved `profile`)."""
     spec = get_network(network)
+    recompute_blocks()  # a mistyped MEDMAMBA_RECOMPUTE fails here, before any training starts
     preset = preset if preset is not None else load_preset(network, profile)
     net_cls = spec.network_class()
     if net_cls is None:

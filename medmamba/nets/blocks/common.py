@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +52,28 @@ def recomputed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
     if training_call(tuple(a for a in args if isinstance(a, torch.Tensor))):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
+
+
+#: Environment setting: `blocks` recomputes every sequence-mixing block (LightM-UNet's RVM layers, VM-UNet's and
+#: MHS-VM's VSS blocks, the xLSTM-UNets' ViL blocks) in the backward from its input instead of keeping its
+#: intermediates. An execution choice like the scan backend, not an architecture: same parameters, same results,
+#: so presets and their hashes do not change.
+RECOMPUTE_ENV = "MEDMAMBA_RECOMPUTE"
+_RECOMPUTE_VALUES = {"": False, "0": False, "off": False, "none": False, "blocks": True}
+
+
+def recompute_blocks() -> bool:
+    """Whether MEDMAMBA_RECOMPUTE=blocks is set: less training memory (each block keeps only its input) for a
+    second forward of each block in the backward. A value it does not know is an error, not a silent default."""
+    value = os.environ.get(RECOMPUTE_ENV, "").strip().lower()
+    if value not in _RECOMPUTE_VALUES:
+        raise ValueError(f"{RECOMPUTE_ENV}={value}: expected 'blocks' or 'off'")
+    return _RECOMPUTE_VALUES[value]
+
+
+def block_call(body: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """body(x) for a sequence-mixing block: redone in the backward under MEDMAMBA_RECOMPUTE=blocks."""
+    return recomputed(body, x) if recompute_blocks() else body(x)
 
 
 def _norm_gate(norm: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DWSepConv3d, from_tokens, group_norm, to_tokens
+from .common import DWSepConv3d, block_call, from_tokens, group_norm, to_tokens
 from .mamba import MambaMixer
 
 
@@ -29,6 +29,9 @@ class RVMLayer(nn.Module):
         self.proj = nn.Linear(in_ch, out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return block_call(self._body, x)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
         t = to_tokens(x)
         y = self.mixer(self.norm(t)) + self.skip_scale * t

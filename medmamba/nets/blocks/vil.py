@@ -17,7 +17,7 @@ from torch import nn
 from medmamba.kernels import mlstm_chunkwise
 from medmamba.kernels.fused import split_linear
 
-from .common import causal_conv_silu, from_tokens, to_tokens
+from .common import block_call, causal_conv_silu, from_tokens, to_tokens
 
 
 class HeadwiseLinear(nn.Module):
@@ -85,6 +85,9 @@ class ViLBlock(nn.Module):
         return self.proj_down((h + self.skip * xc) * F.silu(z))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return block_call(self._body, t)
+
+    def _body(self, t: torch.Tensor) -> torch.Tensor:
         y = self.norm(t)
         if self.reverse:
             return t + self.mix(y.flip(1)).flip(1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import block_call
+
 
 class VSSBlock(nn.Module):
     """x + mixer(LN(x)) on (b, D, H, W, c) maps."""
@@ -18,4 +20,7 @@ class VSSBlock(nn.Module):
         self.mixer = mixer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return block_call(self._body, x)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mixer(self.norm(x))
