@@ -120,10 +120,11 @@ def reset_peak_rss_kib() -> int:
             f.write("5")
         return _status_kib("VmRSS") or 0
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak_rss_kib()  # no reset here: growth is then measured from the peak so far
 
 
 def peak_rss_kib() -> int:
+    """This process image's peak RSS (VmHWM; ru_maxrss only where /proc is missing, see reset_peak_rss_kib)."""
     return _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 

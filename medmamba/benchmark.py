@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -157,6 +156,8 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from medmamba.kernels.bench import peak_rss_kib  # VmHWM: ru_maxrss would start at the parent's peak
+
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -197,7 +198,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         "scan_gflops": counter["scan"] / 1e9,
         "forward_s": statistics.median(latencies),
         "train_iter_s": statistics.median(train_times),
-        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_MB": peak_rss_kib() / 1024,
         "patch_size": patch,
         "batch_size": batch,
         "profile": profile,
@@ -506,6 +507,8 @@ def memory_one(network: str, preprocessed_dir: Path, profile: str = "cpu") -> di
     """`saved_activations` of one training forward at the plan's batch (deep supervision on, as in training)."""
     import torch
 
+    from medmamba.kernels.bench import peak_rss_kib
+
     torch.manual_seed(0)
     net, cm, n_in, _ = _build(network, preprocessed_dir, deep_supervision=True, profile=profile)
     net.train()
@@ -513,7 +516,7 @@ def memory_one(network: str, preprocessed_dir: Path, profile: str = "cpu") -> di
     total, rows = saved_activations(net, torch.randn(batch, n_in, *cm.patch_size))
     return {"network": network, "batch_size": batch, "patch_size": list(cm.patch_size), "profile": profile,
             "mode": "memory", "saved_MiB": total / 2**20, "modules": rows,
-            "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_MB": peak_rss_kib() / 1024}
 
 
 def profile_network(preprocessed_dir: Path, network: str, steps: int = 1, threads: int | None = None,

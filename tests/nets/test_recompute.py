@@ -56,9 +56,12 @@ def test_a_mistyped_setting_is_an_error(monkeypatch):
 # One training step of a LightM-UNet on a 32x48x32 patch in a fresh process: the growth of the peak resident
 # memory over what the process held before the step (network, input, warm-up step and the modules it imported
 # already there). glibc's malloc gets a fixed mmap threshold, so that freed activations leave the resident set
-# instead of staying in its heap (its default threshold adapts and would hide what the step needs).
+# instead of staying in its heap (its default threshold adapts and would hide what the step needs). The peak is
+# VmHWM, reset before the step: ru_maxrss of a child starts at its parent's peak (pytest's, after hundreds of
+# tests), so it showed no growth at all in CI.
 _PEAK_SCRIPT = textwrap.dedent("""
-    import json, resource, torch
+    import json, torch
+    from medmamba.kernels.bench import peak_rss_kib, reset_peak_rss_kib
     from medmamba.nets.lightm_unet import LightMUNet
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -67,16 +70,16 @@ _PEAK_SCRIPT = textwrap.dedent("""
     small = torch.randn(1, 1, 16, 16, 16)
     sum(o.sum() for o in net(small)).backward()  # kernels loaded, thread pools up
     x = torch.randn(2, 1, 32, 48, 32)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = reset_peak_rss_kib()
     sum(o.sum() for o in net(x)).backward()
-    print(json.dumps({"growth_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+    print(json.dumps({"growth_kb": peak_rss_kib() - before}))
 """)
 
 
 def _peak_growth_kb(recompute: str) -> int:
     env = {**os.environ, RECOMPUTE_ENV: recompute, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, env=env,
-                          check=True)
+    proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True,
+                          encoding="utf-8", env=env, check=True)
     return int(json.loads(proc.stdout.strip().splitlines()[-1])["growth_kb"])
 
 
@@ -84,4 +87,5 @@ def _peak_growth_kb(recompute: str) -> int:
 def test_recomputed_blocks_lower_the_peak_memory_of_a_training_step():
     """Measured, not inferred: a process's high-water mark, in separate processes for the two settings."""
     kept, recomputed = _peak_growth_kb("off"), _peak_growth_kb("blocks")
+    assert kept > 50_000, kept  # the step really grew the process (~390 MB); 0 here means the measure is broken
     assert recomputed < 0.7 * kept, (recomputed, kept)  # measured: ~0.46x
