@@ -34,6 +34,7 @@ class NetworkSpec:
     preset: str  # stem of plans/<preset>.json
     adapter: str = "stages"
     pinned: Mapping[str, Any] = field(default_factory=dict)  # architecture values this variant fixes
+    ablation_of: str | None = None  # the network this one is an ablation of (compared with it, not only nnunet)
 
     def network_class(self) -> type | None:
         """Import and return the network class (None for nnU-Net's own architecture)."""
@@ -42,10 +43,12 @@ class NetworkSpec:
         module, _, attr = self.network.rpartition(".")
         return getattr(importlib.import_module(module), attr)
 
-    def variant(self, name: str, description: str, trainer: str, **pinned: Any) -> NetworkSpec:
-        """A variant of this entry: same class, preset and adapter, with architecture values pinned."""
+    def variant(self, name: str, description: str, trainer: str, ablation: bool = False,
+                **pinned: Any) -> NetworkSpec:
+        """A variant of this entry: same class, preset and adapter, with architecture values pinned; an
+        `ablation` (a part removed) records this entry as what it is measured against."""
         return dataclasses.replace(self, name=name, description=description, trainer=trainer,
-                                   pinned={**self.pinned, **pinned})
+                                   pinned={**self.pinned, **pinned}, ablation_of=self.name if ablation else None)
 
 
 _LIGHTM = NetworkSpec("lightm_unet", "LightM-UNet 3D: residual Vision Mamba encoder, light conv decoder",
@@ -63,7 +66,8 @@ NETWORKS: dict[str, NetworkSpec] = {
                     "nnunet", "nnunet"),
         _LIGHTM,
         _LIGHTM.variant("lightm_unet_nossm", "LightM-UNet with every Mamba mixer replaced by an identity (ablation: "
-                        "does the state-space part earn its cost?)", "LightMUNetNoSSMTrainer", ssm=False),
+                        "does the state-space part earn its cost?)", "LightMUNetNoSSMTrainer", ablation=True,
+                        ssm=False),
         _VM,
         dataclasses.replace(_VM, name="mhs_vm", network="medmamba.nets.mhs_vm.MHSVM", trainer="MHSVMTrainer",
                             preset="mhs_vm",
@@ -72,7 +76,7 @@ NETWORKS: dict[str, NetworkSpec] = {
         _UXLSTM.variant("uxlstm_bot", "xLSTM-UNet Bot: residual U-Net with a ViL layer at the bottleneck",
                         "UXLSTMBotTrainer", variant="bot"),
         _UXLSTM.variant("uxlstm_enc_nossm", "xLSTM-UNet Enc with the ViL layers removed (ablation)",
-                        "UXLSTMEncNoSSMTrainer", vil=False),
+                        "UXLSTMEncNoSSMTrainer", ablation=True, vil=False),
     ]
 }
 

@@ -125,6 +125,34 @@ def results_table(groups: Sequence[NetworkRuns], baseline: str = "nnunet", label
     return "\n".join(lines)
 
 
+def ablations_table(groups: Sequence[NetworkRuns]) -> str:
+    """Markdown: each ablation (registry `ablation_of`) against its own network, paired over the cases; empty
+    when no pair is present. What the removed part adds, where the main table only compares with the baseline."""
+    from medmamba.registry import NETWORKS
+    from medmamba.report.stats import paired_values
+
+    by_name = {g.network: g for g in groups}
+    lines = []
+    for g in groups:
+        spec = NETWORKS.get(g.network)
+        full = by_name.get(spec.ablation_of) if spec is not None and spec.ablation_of else None
+        if full is None:
+            continue
+        cases, full_cases = g.case_dice(), full.case_dice()
+        shared = sorted(set(cases) & set(full_cases))
+        stats = paired_values([full_cases[c] for c in shared], [cases[c] for c in shared])
+        mean = _mean_finite([r["mean_dice"] for r in g.runs])
+        full_mean = _mean_finite([r["mean_dice"] for r in full.runs])
+        diff = mean - full_mean if _finite(mean) and _finite(full_mean) else None
+        lines.append(f"| {g.network} | {full.network} | {_fmt(mean)} | {_fmt(full_mean)} | {_fmt(diff, signed=True)} "
+                     f"| {_p(stats['p_value'])} (n={stats['n_pairs']}) |")
+    if not lines:
+        return ""
+    head = ["| ablation | ablation of | its mean Dice | that network's | difference | Wilcoxon p (cases) |",
+            "|---|---|---:|---:|---:|---:|"]
+    return "\n".join(head + lines)
+
+
 def _mean_finite(values: Sequence[float | None]) -> float | None:
     vals = [float(v) for v in values if _finite(v)]
     return statistics.fmean(vals) if vals else None
@@ -225,6 +253,9 @@ def write_comparison(folder: Path, document: Path | None = None, key: str | None
                 atomic_write(path, curve_png(r))
                 curves.append(path)
     body = f"{protocol_line(groups)}\n\n{table}\n\n![per-case Dice by network]({_rel(plot, document)})"
+    ablations = ablations_table(groups)
+    if ablations:
+        body += "\n\nAblations against their own network (paired per case):\n\n" + ablations
     if curves:
         body += "\n\nTraining curves of runs below " + f"{curve_below:.2f}: " + ", ".join(
             f"[{p.stem}]({_rel(p, document)})" for p in curves)

@@ -181,6 +181,27 @@ def test_table_box_plot_and_curves_are_rebuilt_from_result_files(tmp_path):
     assert again.exit_code == 0 and doc.read_text(encoding="utf-8") == text  # regenerating is idempotent
 
 
+def test_an_ablation_is_compared_with_its_own_network(tmp_path):
+    """uxlstm_enc_nossm gets a paired row against uxlstm_enc; lightm_unet_nossm, whose network has no result
+    file, gets none."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "abl"
+    folder.mkdir()
+    for network, level in (("nnunet", 0.85), ("uxlstm_enc", 0.86), ("uxlstm_enc_nossm", 0.80),
+                           ("lightm_unet_nossm", 0.82)):
+        (folder / f"{network}_seed0.json").write_text(json.dumps(_fake_result(network, 0, level, rng)),
+                                                      encoding="utf-8")
+    res = CliRunner().invoke(app, ["compare-table", str(folder)])
+    assert res.exit_code == 0, res.output
+    rows = [line.split(" | ") for line in res.output.splitlines()
+            if line.startswith("| uxlstm_enc_nossm | uxlstm_enc | ")]
+    assert len(rows) == 1 and "| lightm_unet_nossm | lightm_unet |" not in res.output
+    means = {n: json.loads((folder / f"{n}_seed0.json").read_text(encoding="utf-8"))["mean_dice"]
+             for n in ("uxlstm_enc", "uxlstm_enc_nossm")}
+    assert rows[0][1] == "uxlstm_enc" and rows[0][4] == f"{means['uxlstm_enc_nossm'] - means['uxlstm_enc']:+.3f}"
+    assert rows[0][5].startswith("<0.001") and rows[0][5].endswith("(n=12) |")  # 0.06 lower on every case
+
+
 def test_compare_table_refuses_mixed_protocols_and_empty_folders(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "mixed"
