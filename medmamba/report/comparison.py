@@ -33,6 +33,10 @@ class NetworkRuns:
     def seeds(self) -> list[int]:
         return [r["protocol"]["seed"] for r in self.runs]
 
+    def mean_dice(self) -> float | None:
+        """Mean Dice over this network's seeds."""
+        return _mean_finite([r["mean_dice"] for r in self.runs])
+
     def case_dice(self) -> dict[str, float]:
         """Per-case mean Dice over labels, averaged over this network's seeds (the paired test's unit)."""
         per_case: dict[str, list[float]] = {}
@@ -42,6 +46,19 @@ class NetworkRuns:
                 if vals:
                     per_case.setdefault(case, []).append(sum(vals) / len(vals))
         return {c: sum(v) / len(v) for c, v in per_case.items()}
+
+
+def _versus(g: NetworkRuns, ref: NetworkRuns) -> tuple[str, str]:
+    """(mean Dice of g minus ref's, Wilcoxon p over the cases both scored): the one paired comparison, used
+    against the baseline and between an ablation and its network."""
+    from medmamba.report.stats import paired_values
+
+    cases, ref_cases = g.case_dice(), ref.case_dice()
+    shared = sorted(set(cases) & set(ref_cases))
+    stats = paired_values([ref_cases[c] for c in shared], [cases[c] for c in shared])
+    mean, ref_mean = g.mean_dice(), ref.mean_dice()
+    diff = mean - ref_mean if _finite(mean) and _finite(ref_mean) else None
+    return _fmt(diff, signed=True), f"{_p(stats['p_value'])} (n={stats['n_pairs']})"
 
 
 def _finite(x: Any) -> TypeGuard[float]:
@@ -88,34 +105,23 @@ def _p(p: float) -> str:
 def results_table(groups: Sequence[NetworkRuns], baseline: str = "nnunet", label_names: dict[str, str] | None = None
                   ) -> str:
     """Markdown: one row per network; Dice is the mean over seeds, the spread is over seeds."""
-    from medmamba.report.stats import paired_values
-
     labels = sorted({lab for g in groups for r in g.runs for lab in r["per_label"]}, key=int)
     names = label_names or next((r.get("label_names") for g in groups for r in g.runs), None) or {}
     base = next((g for g in groups if g.network == baseline), None)
-    base_cases = base.case_dice() if base else {}
-    base_mean = _mean_finite([r["mean_dice"] for r in base.runs]) if base else None
     head = ["network", "seeds", "mean Dice", "spread over seeds"]
     head += [f"Dice {names.get(lab, lab)}" for lab in labels]
     head += ["HD95 (mm)", f"vs {baseline}", "Wilcoxon p (cases)", "train (min)", "s / iteration", "peak RSS (GB)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for g in groups:
         dice = [r["mean_dice"] for r in g.runs if _finite(r["mean_dice"])]
-        mean = statistics.fmean(dice) if dice else None
+        mean = g.mean_dice()
         if len(dice) > 1:
             spread = f"{min(dice):.3f}-{max(dice):.3f} (sd {statistics.stdev(dice):.3f})"
         else:
             spread = "one seed"
         per_label = [_fmt(_mean_of(g.runs, lambda r, lab=lab: r["per_label"][lab]["dice"])) for lab in labels]
         hd95 = _mean_of(g.runs, lambda r: _mean_finite([r["per_label"][lab]["hd95_mm"] for lab in labels]))
-        if g.network == baseline or base is None:
-            diff, p = "-", "-"
-        else:
-            cases = g.case_dice()
-            shared = sorted(set(cases) & set(base_cases))
-            stats = paired_values([base_cases[c] for c in shared], [cases[c] for c in shared])
-            diff = _fmt(mean - base_mean if _finite(mean) and _finite(base_mean) else None, signed=True)
-            p = f"{_p(stats['p_value'])} (n={stats['n_pairs']})"
+        diff, p = ("-", "-") if g.network == baseline or base is None else _versus(g, base)
         minutes = _mean_of(g.runs, lambda r: r["train_s"] / 60)
         per_it = _mean_of(g.runs, lambda r: r["s_per_iteration"])
         rss = _max_of(g.runs, lambda r: r.get("peak_rss_mb_this_process"))
@@ -129,7 +135,6 @@ def ablations_table(groups: Sequence[NetworkRuns]) -> str:
     """Markdown: each ablation (registry `ablation_of`) against its own network, paired over the cases; empty
     when no pair is present. What the removed part adds, where the main table only compares with the baseline."""
     from medmamba.registry import NETWORKS
-    from medmamba.report.stats import paired_values
 
     by_name = {g.network: g for g in groups}
     lines = []
@@ -138,14 +143,9 @@ def ablations_table(groups: Sequence[NetworkRuns]) -> str:
         full = by_name.get(spec.ablation_of) if spec is not None and spec.ablation_of else None
         if full is None:
             continue
-        cases, full_cases = g.case_dice(), full.case_dice()
-        shared = sorted(set(cases) & set(full_cases))
-        stats = paired_values([full_cases[c] for c in shared], [cases[c] for c in shared])
-        mean = _mean_finite([r["mean_dice"] for r in g.runs])
-        full_mean = _mean_finite([r["mean_dice"] for r in full.runs])
-        diff = mean - full_mean if _finite(mean) and _finite(full_mean) else None
-        lines.append(f"| {g.network} | {full.network} | {_fmt(mean)} | {_fmt(full_mean)} | {_fmt(diff, signed=True)} "
-                     f"| {_p(stats['p_value'])} (n={stats['n_pairs']}) |")
+        diff, p = _versus(g, full)
+        lines.append(f"| {g.network} | {full.network} | {_fmt(g.mean_dice())} | {_fmt(full.mean_dice())} | {diff} "
+                     f"| {p} |")
     if not lines:
         return ""
     head = ["| ablation | ablation of | its mean Dice | that network's | difference | Wilcoxon p (cases) |",
