@@ -190,13 +190,98 @@ struct Block {
   }
 };
 
+#if defined(__AVX2__)
+// In-register transpose of an 8x8 tile of floats (r[m] becomes column m).
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], q[8];
+  for (int m = 0; m < 8; m += 2) {
+    t[m] = _mm256_unpacklo_ps(r[m], r[m + 1]);
+    t[m + 1] = _mm256_unpackhi_ps(r[m], r[m + 1]);
+  }
+  for (int m = 0; m < 8; m += 4) {
+    q[m] = _mm256_shuffle_ps(t[m], t[m + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    q[m + 1] = _mm256_shuffle_ps(t[m], t[m + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    q[m + 2] = _mm256_shuffle_ps(t[m + 1], t[m + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    q[m + 3] = _mm256_shuffle_ps(t[m + 1], t[m + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int m = 0; m < 4; ++m) {
+    r[m] = _mm256_permute2f128_ps(q[m], q[m + 4], 0x20);
+    r[m + 4] = _mm256_permute2f128_ps(q[m], q[m + 4], 0x31);
+  }
+}
+#endif
+
+// The chunk's values of one (b, d, l) tensor for the W lanes, as rows of W (masked lanes repeat the last real
+// channel). Token-major tensors (channels the fastest axis) with a full block give one contiguous W-vector per
+// step; channel-major ones (time the fastest axis) are read 8 steps x 8 lanes at a time and transposed in
+// registers; anything else walks each lane.
+template <int64_t N>
+void load_rows(const Seq& s, int64_t bi, const Block<N>& bk, int64_t t0, int64_t len, float (*dst)[W]) {
+  const float* base = s.p + bi * s.sb + t0 * s.st;
+  if (s.sc == 1 && bk.w == W) {
+    for (int64_t i = 0; i < len; ++i) {
+#pragma omp simd
+      for (int j = 0; j < W; ++j) dst[i][j] = base[bk.c0 + i * s.st + j];
+    }
+    return;
+  }
+  int64_t i0 = 0;
+#if defined(__AVX2__)
+  if (s.st == 1) {
+    for (; i0 + 8 <= len; i0 += 8) {
+      for (int jb = 0; jb < W; jb += 8) {
+        __m256 r[8];
+        for (int m = 0; m < 8; ++m) r[m] = _mm256_loadu_ps(base + bk.ch[jb + m] * s.sc + i0);
+        transpose8(r);
+        for (int m = 0; m < 8; ++m) _mm256_store_ps(&dst[i0 + m][jb], r[m]);
+      }
+    }
+  }
+#endif
+  for (int j = 0; j < W; ++j) {
+    const float* src = base + bk.ch[j] * s.sc;
+    for (int64_t i = i0; i < len; ++i) dst[i][j] = src[i * s.st];
+  }
+}
+
+// The inverse of load_rows for the block's w real lanes.
+template <int64_t N>
+void store_rows(const Seq& s, int64_t bi, const Block<N>& bk, int64_t t0, int64_t len, const float (*src)[W]) {
+  float* base = s.p + bi * s.sb + t0 * s.st;
+  if (s.sc == 1 && bk.w == W) {
+    for (int64_t i = 0; i < len; ++i) {
+#pragma omp simd
+      for (int j = 0; j < W; ++j) base[bk.c0 + i * s.st + j] = src[i][j];
+    }
+    return;
+  }
+  int64_t i0 = 0;
+#if defined(__AVX2__)
+  if (s.st == 1) {
+    for (; i0 + 8 <= len; i0 += 8) {
+      for (int jb = 0; jb < bk.w; jb += 8) {
+        __m256 r[8];
+        for (int m = 0; m < 8; ++m) r[m] = _mm256_load_ps(&src[i0 + m][jb]);
+        transpose8(r);
+        for (int m = 0; m < 8 && jb + m < bk.w; ++m) _mm256_storeu_ps(base + (bk.c0 + jb + m) * s.sc + i0, r[m]);
+      }
+    }
+  }
+#endif
+  for (int j = 0; j < bk.w; ++j) {
+    float* dst = base + (bk.c0 + j) * s.sc;
+    for (int64_t i = i0; i < len; ++i) dst[i * s.st] = src[i][j];
+  }
+}
+
 // The chunk's raw delta (before softplus) for the W lanes: read, or with a low-rank delta computed as
 // bias + dtw @ dt from the group's r rows, so that no (b, d, l) delta exists in memory.
 template <int64_t N>
 void load_delta(const Problem& p, const Block<N>& bk, int64_t bi, int64_t t0, int64_t len, float (*dts)[W]) {
   if (p.r == 0) {
-    for (int j = 0; j < W; ++j)
-      for (int64_t i = 0; i < len; ++i) dts[i][j] = p.dt.at(bi, bk.ch[j], t0 + i) + bk.bv[j];
+    load_rows(p.dt, bi, bk, t0, len, dts);
+    for (int64_t i = 0; i < len; ++i)
+      for (int j = 0; j < W; ++j) dts[i][j] += bk.bv[j];
     return;
   }
   for (int64_t i = 0; i < len; ++i) {
@@ -227,16 +312,14 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
     // loops over len*W values that vectorise; the scan then reads contiguous W-vectors per step.
     alignas(kAlign) float dts[kChunk][W], us[kChunk][W], gate[kChunk][W], ys[kChunk][W];
     load_delta(p, bk, bi, t0, len, dts);
-    for (int j = 0; j < W; ++j)
-      for (int64_t i = 0; i < len; ++i) us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
+    load_rows(p.u, bi, bk, t0, len, us);
     if (p.softplus) {
       float* f = &dts[0][0];
 #pragma omp simd
       for (int64_t q = 0; q < len * W; ++q) f[q] = scan_softplus(f[q]);
     }
     if (p.has_z) {
-      for (int j = 0; j < W; ++j)
-        for (int64_t i = 0; i < len; ++i) gate[i][j] = p.z.at(bi, bk.ch[j], t0 + i);
+      load_rows(p.z, bi, bk, t0, len, gate);
       float* f = &gate[0][0];
 #pragma omp simd
       for (int64_t q = 0; q < len * W; ++q) f[q] *= scan_sigmoid(f[q]);  // silu(z)
@@ -263,8 +346,7 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
         for (int j = 0; j < W; ++j) ys[i][j] *= gate[i][j];
       }
     }
-    for (int j = 0; j < bk.w; ++j)
-      for (int64_t i = 0; i < len; ++i) y.at(bi, bk.c0 + j, t0 + i) = ys[i][j];
+    store_rows(y, bi, bk, t0, len, ys);
   }
   for (int64_t k = 0; k < n; ++k)
     for (int j = 0; j < bk.w; ++j) last[(bi * p.d + bk.c0 + j) * n + k] = h[k][j];
@@ -273,9 +355,15 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
 struct Grads {
   Seq du, ddt, dz, dy;
   Seq y;  // the forward's output, recomputed on the way (p == nullptr: not asked for)
-  float *dB, *dC;  // this thread's (b, g, l, n) accumulators: blocks of a group would race on shared ones
   float *dA, *dD, *dbias;  // (b, d, n), (b, d), (b, d)
-  float *ddtl, *ddtw;  // low-rank delta: this thread's (b, g, l, r) accumulator, and (b, d, r)
+  float* ddtw;  // low-rank delta: (b, d, r)
+};
+
+// Where one group's blocks add their dB, dC (l, n) and low-rank d dt (l, r): every block of a group adds to the
+// same rows (the sums over channels), so a group is either one thread's alone (the outputs themselves) or shared
+// between threads (then each thread adds into its own zeroed copy, summed into the outputs at the end).
+struct GroupSums {
+  float *dB, *dC, *dtl;
 };
 
 // out[k] += sum over the W lanes of v[k], for k < n: the channel reduction of dB_t / dC_t. With AVX2, eight
@@ -333,26 +421,35 @@ struct BwdWork {
 // The backward of one block of W channels, vectorised over the channels like the forward: the state is n
 // vectors of W lanes, B_t[k] and C_t[k] are broadcasts, and du_t / ddelta_t accumulate lane-wise (no sums
 // over the state per step). Only dB_t and dC_t need a sum over the block's channels: one reduction of n
-// vectors per step (add_lane_sums). Chunks are walked right to left; each is first recomputed from its
-// boundary state (keeping the decays, so the adjoint needs no second exp), then the adjoint recurrence
-//   g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t
-// runs in reverse. Masked lanes (a block narrower than W) get dy = 0, so they add nothing to dB/dC.
+// vectors per step each (add_lane_sums). Chunks are walked right to left, each in two passes:
+// 1. forward over the chunk: the states h_t are recomputed from the chunk's boundary state (keeping them and
+//    the decays exp(dt_t A), so the adjoint needs no second exp), and with h_t at hand, the terms that need
+//    only h_t are done there: dC_t = sum over channels of dy_t h_t, and y_t for the z gate's gradient (and
+//    for a caller that wants y back);
+// 2. backward over the chunk: the adjoint recurrence
+//      g_t = exp(dt_{t+1} A) g_{t+1} + C_t dy_t
+//    with du_t, ddelta_t, dA and dB_t from it. The ddelta term through B is u_t sum_k g_t[k] B_t[k], the same
+//    sum as du_t's, so it costs nothing per state.
+// Masked lanes (a block narrower than W) get dy = 0, so they add nothing to dB/dC.
 // B and C must have the state as their fastest axis here (scan_bwd checks it).
-template <int64_t N>
-void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const Grads& gr, BwdWork& wk) {
+template <int64_t N, bool kWantY>
+void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const Grads& gr, const GroupSums& sums,
+               BwdWork& wk) {
   const int64_t n = N > 0 ? N : p.n;
   const Block<N> bk(p, blk);
   const float* Bg = p.Bp + bi * p.Bs[0] + bk.gi * p.Bs[1];
   const float* Cg = p.Cp + bi * p.Cs[0] + bk.gi * p.Cs[1];
-  float* dBg = gr.dB + (bi * p.g + bk.gi) * p.l * n;
-  float* dCg = gr.dC + (bi * p.g + bk.gi) * p.l * n;
-  alignas(kAlign) float g[N > 0 ? N : kMaxState][W], an[N > 0 ? N : kMaxState][W], dAacc[N > 0 ? N : kMaxState][W];
+  float* dBg = sums.dB;
+  float* dCg = sums.dC;
+  // an_next: the decays of the first step after the chunk (its successor's), for the adjoint's last step
+  alignas(kAlign) float g[N > 0 ? N : kMaxState][W], an_next[N > 0 ? N : kMaxState][W],
+      dAacc[N > 0 ? N : kMaxState][W];
   alignas(kAlign) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
   for (int64_t k = 0; k < n; ++k)
-    for (int j = 0; j < W; ++j) g[k][j] = an[k][j] = dAacc[k][j] = 0.f;
+    for (int j = 0; j < W; ++j) g[k][j] = an_next[k][j] = dAacc[k][j] = 0.f;
   for (int64_t q = 0; q < p.r; ++q)
     for (int j = 0; j < W; ++j) dWacc[q][j] = 0.f;
-  float* dtlg = p.r > 0 ? gr.ddtl + (bi * p.g + bk.gi) * p.l * p.r : nullptr;
+  float* dtlg = sums.dtl;
   for (int j = 0; j < W; ++j) {
     dDacc[j] = dbacc[j] = 0.f;
     live[j] = j < bk.w ? 1.f : 0.f;
@@ -361,15 +458,15 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
   float (*dec)[W] = wk.dec;
   for (int64_t c = p.nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
+    // dys: dy, then (z gate) dy silu(z), the gradient at the gate's input y_t
     alignas(kAlign) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
-        dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
-    const bool want_y = gr.y.p != nullptr;
+        dy0[kChunk][W], dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
     load_delta(p, bk, bi, t0, len, dts);
-    for (int j = 0; j < W; ++j) {
-      for (int64_t i = 0; i < len; ++i) {
-        us[i][j] = p.u.at(bi, bk.ch[j], t0 + i);
-        dys[i][j] = gr.dy.at(bi, bk.ch[j], t0 + i) * live[j];
-      }
+    load_rows(p.u, bi, bk, t0, len, us);
+    load_rows(gr.dy, bi, bk, t0, len, dy0);
+    if (bk.w < W) {
+      for (int64_t i = 0; i < len; ++i)
+        for (int j = 0; j < W; ++j) dy0[i][j] *= live[j];
     }
     if (p.softplus) {
       float* f = &dts[0][0];
@@ -381,91 +478,98 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       }
     }
     if (p.has_z) {
-      for (int j = 0; j < W; ++j)
-        for (int64_t i = 0; i < len; ++i) zs[i][j] = p.z.at(bi, bk.ch[j], t0 + i);
+      load_rows(p.z, bi, bk, t0, len, zs);
       const float* f = &zs[0][0];
+      const float* d0 = &dy0[0][0];
       float* s = &zsg[0][0];
+      float* d = &dys[0][0];
 #pragma omp simd
-      for (int64_t q = 0; q < len * W; ++q) s[q] = scan_sigmoid(f[q]);
+      for (int64_t q = 0; q < len * W; ++q) {
+        s[q] = scan_sigmoid(f[q]);
+        d[q] = d0[q] * f[q] * s[q];
+      }
+    } else {
+      std::copy(&dy0[0][0], &dy0[0][0] + len * W, &dys[0][0]);
     }
-    // recompute h_{t0} .. h_{t1-1} from the chunk's boundary state, keeping each step's decays
+    if (c + 1 < p.nchunks) {  // dec still holds the successor chunk's decays
+      for (int64_t k = 0; k < n; ++k)
+        for (int j = 0; j < W; ++j) an_next[k][j] = dec[k][j];
+    }
+    // pass 1: h_{t0} .. h_{t1-1} from the chunk's boundary state, with dC_t and y_t on the way
     const float* cks = ck + c * n * W;
     for (int64_t k = 0; k < n; ++k)
       for (int j = 0; j < W; ++j) hs[k][j] = cks[k * W + j];
     for (int64_t i = 0; i < len; ++i) {
       const float* Bt = Bg + (t0 + i) * p.Bs[3];
-      alignas(kAlign) float duv[W];
-      for (int j = 0; j < W; ++j) duv[j] = dts[i][j] * us[i][j];
+      const float* Ct = Cg + (t0 + i) * p.Cs[3];
+      alignas(kAlign) float duv[W], yp[W], yp2[W];
+      for (int j = 0; j < W; ++j) {
+        duv[j] = dts[i][j] * us[i][j];
+        yp[j] = bk.Dv[j] * us[i][j];
+        yp2[j] = 0.f;
+      }
       const float (*hp)[W] = hs + i * n;
       float (*hn)[W] = hs + (i + 1) * n;
       float (*dc)[W] = dec + i * n;
       for (int64_t k = 0; k < n; ++k) {
-        const float Bk = Bt[k];
+        const float Bk = Bt[k], Ck = Ct[k];
+        float* sum = (k & 1) ? yp2 : yp;
 #pragma omp simd
         for (int j = 0; j < W; ++j) {
           dc[k][j] = scan_exp(dts[i][j] * bk.a[k][j]);
-          hn[k][j] = dc[k][j] * hp[k][j] + duv[j] * Bk;
+          const float h = dc[k][j] * hp[k][j] + duv[j] * Bk;
+          hn[k][j] = h;
+          wk.dcv[k][j] = dys[i][j] * h;
+          if constexpr (kWantY) sum[j] += Ck * h;
         }
       }
-    }
-    for (int64_t i = len - 1; i >= 0; --i) {
-      const int64_t t = t0 + i;
-      const float* Bt = Bg + t * p.Bs[3];
-      const float* Ct = Cg + t * p.Cs[3];
-      const float (*hprev)[W] = hs + i * n;
-      const float (*hcur)[W] = hs + (i + 1) * n;
-      const float (*dc)[W] = dec + i * n;
-      alignas(kAlign) float dyp[W], dtu[W], du_acc[W], ddt_acc[W];
-      for (int j = 0; j < W; ++j) dyp[j] = dys[i][j];
-      if (p.has_z || want_y) {
-        alignas(kAlign) float yp[W], yp2[W];
-        for (int j = 0; j < W; ++j) {
-          yp[j] = bk.Dv[j] * us[i][j];
-          yp2[j] = 0.f;
-        }
-        for (int64_t k = 0; k < n; ++k) {
-          const float Ck = Ct[k];
-          float* sum = (k & 1) ? yp2 : yp;
-#pragma omp simd
-          for (int j = 0; j < W; ++j) sum[j] += Ck * hcur[k][j];
-        }
+      add_lane_sums(wk.dcv, n, dCg + (t0 + i) * n);
+      if constexpr (kWantY) {
         if (p.has_z) {
 #pragma omp simd
           for (int j = 0; j < W; ++j) {
             const float zt = zs[i][j], sg = zsg[i][j], out = yp[j] + yp2[j];
-            dzs[i][j] = dyp[j] * out * sg * (1.0f + zt * (1.0f - sg));
-            dyp[j] *= zt * sg;
+            dzs[i][j] = dy0[i][j] * out * sg * (1.0f + zt * (1.0f - sg));
             yo[i][j] = out * zt * sg;
           }
         } else {
           for (int j = 0; j < W; ++j) yo[i][j] = yp[j] + yp2[j];
         }
       }
+    }
+    // pass 2: the adjoint, right to left
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = t0 + i;
+      const float* Bt = Bg + t * p.Bs[3];
+      const float* Ct = Cg + t * p.Cs[3];
+      const float (*hprev)[W] = hs + i * n;
+      const float (*dc)[W] = dec + i * n;
+      const float (*dn)[W] = i + 1 < len ? dec + (i + 1) * n : an_next;  // decays of step t + 1
+      alignas(kAlign) float dyp[W], dtu[W], du_acc[W], dta_acc[W];
       for (int j = 0; j < W; ++j) {
+        dyp[j] = dys[i][j];
         dDacc[j] += dyp[j] * us[i][j];
         dtu[j] = dts[i][j] * us[i][j];
-        du_acc[j] = ddt_acc[j] = 0.f;
+        du_acc[j] = dta_acc[j] = 0.f;
       }
       for (int64_t k = 0; k < n; ++k) {
         const float Bk = Bt[k], Ck = Ct[k];
 #pragma omp simd
         for (int j = 0; j < W; ++j) {
-          const float gk = an[k][j] * g[k][j] + Ck * dyp[j];
+          const float gk = dn[k][j] * g[k][j] + Ck * dyp[j];
           const float gq = gk * dc[k][j] * hprev[k][j];  // through the decay of step t
           wk.dbv[k][j] = gk * dtu[j];
-          wk.dcv[k][j] = dyp[j] * hcur[k][j];
           du_acc[j] += gk * Bk;
-          ddt_acc[j] += gk * us[i][j] * Bk + bk.a[k][j] * gq;
+          dta_acc[j] += bk.a[k][j] * gq;
           dAacc[k][j] += dts[i][j] * gq;
           g[k][j] = gk;
-          an[k][j] = dc[k][j];
         }
       }
       add_lane_sums(wk.dbv, n, dBg + t * n);
-      add_lane_sums(wk.dcv, n, dCg + t * n);
 #pragma omp simd
       for (int j = 0; j < W; ++j) {
-        const float ddt = p.softplus ? ddt_acc[j] * dsp[i][j] : ddt_acc[j];
+        const float raw = us[i][j] * du_acc[j] + dta_acc[j];  // d/d dt of dt B u and of exp(dt A)
+        const float ddt = p.softplus ? raw * dsp[i][j] : raw;
         dbacc[j] += ddt * live[j];
         ddts[i][j] = ddt;
         dus[i][j] = du_acc[j] * dts[i][j] + dyp[j] * bk.Dv[j];
@@ -483,15 +587,10 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
         add_lane_sums(wk.dwv, p.r, dtlg + t * p.r);
       }
     }
-    for (int j = 0; j < bk.w; ++j) {
-      for (int64_t i = 0; i < len; ++i) gr.du.at(bi, bk.c0 + j, t0 + i) = dus[i][j];
-      if (p.r == 0)
-        for (int64_t i = 0; i < len; ++i) gr.ddt.at(bi, bk.c0 + j, t0 + i) = ddts[i][j];
-      if (p.has_z)
-        for (int64_t i = 0; i < len; ++i) gr.dz.at(bi, bk.c0 + j, t0 + i) = dzs[i][j];
-      if (want_y)
-        for (int64_t i = 0; i < len; ++i) gr.y.at(bi, bk.c0 + j, t0 + i) = yo[i][j];
-    }
+    store_rows(gr.du, bi, bk, t0, len, dus);
+    if (p.r == 0) store_rows(gr.ddt, bi, bk, t0, len, ddts);
+    if (p.has_z) store_rows(gr.dz, bi, bk, t0, len, dzs);
+    if (gr.y.p != nullptr) store_rows(gr.y, bi, bk, t0, len, yo);
   }
   for (int j = 0; j < bk.w; ++j) {
     const int64_t row = bi * p.d + bk.c0 + j;
@@ -546,40 +645,64 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
   const Problem p = make_problem(u, delta, A, B, C, D, z, bias, softplus, dtw);
   TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == torch::kFloat32, "bad output gradient");
   TORCH_CHECK(B.stride(2) == 1 && C.stride(2) == 1, "the backward needs B and C with the state axis contiguous");
-  const int n_threads = omp_get_max_threads();
   auto du = empty_as(u);
   auto ddelta = p.r == 0 ? empty_as(delta) : torch::empty({0}, u.options());
-  auto ddtl_acc = torch::zeros({p.r > 0 ? n_threads : 0, p.b, p.g, p.l, p.r}, u.options());
+  auto ddtl = torch::zeros({p.b, p.g, p.l, p.r}, u.options());
   auto ddtw = torch::empty({p.b, p.d, p.r}, u.options());
   auto dz = p.has_z ? empty_as(z) : torch::empty({0}, u.options());
   auto y = return_y ? empty_as(u) : torch::empty({0}, u.options());
-  auto dB_acc = torch::zeros({n_threads, p.b, p.g, p.l, p.n}, u.options());
-  auto dC_acc = torch::zeros({n_threads, p.b, p.g, p.l, p.n}, u.options());
+  auto dB = torch::zeros({p.b, p.g, p.l, p.n}, u.options());
+  auto dC = torch::zeros({p.b, p.g, p.l, p.n}, u.options());
   auto dA = torch::empty({p.b, p.d, p.n}, u.options());
   auto dD = torch::empty({p.b, p.d}, u.options());
   auto dbias = torch::empty({p.b, p.d}, u.options());
-  const int64_t thread_stride = p.b * p.g * p.l * p.n;
+  const int64_t ln = p.l * p.n, lr = p.l * p.r, ntask = p.b * p.nblk;
+  float *pdB = dB.data_ptr<float>(), *pdC = dC.data_ptr<float>(), *pdtl = ddtl.data_ptr<float>();
   const float* pck = ckpt.data_ptr<float>();
 
 #pragma omp parallel
   {
-    const int tid = omp_get_thread_num();
-    Grads gr{seq_of(du), p.r == 0 ? seq_of(ddelta) : Seq{nullptr, 0, 0, 0}, p.has_z ? seq_of(dz) : Seq{nullptr, 0, 0, 0}, seq_of(dy),
-             return_y ? seq_of(y) : Seq{nullptr, 0, 0, 0}, dB_acc.data_ptr<float>() + tid * thread_stride, dC_acc.data_ptr<float>() + tid * thread_stride,
-             dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
-             p.r > 0 ? ddtl_acc.data_ptr<float>() + tid * p.b * p.g * p.l * p.r : nullptr, ddtw.data_ptr<float>()};
+    // Tasks (one block of one batch item, numbered group-major) in contiguous, even ranges per thread, as a
+    // static schedule would: at most the first and last group of a range are shared with another thread.
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t lo = ntask * tid / nt, hi = ntask * (tid + 1) / nt;
+    Grads gr{seq_of(du), p.r == 0 ? seq_of(ddelta) : Seq{nullptr, 0, 0, 0}, p.has_z ? seq_of(dz) : Seq{nullptr, 0, 0, 0},
+             seq_of(dy), return_y ? seq_of(y) : Seq{nullptr, 0, 0, 0}, dA.data_ptr<float>(), dD.data_ptr<float>(),
+             dbias.data_ptr<float>(), ddtw.data_ptr<float>()};
     BwdWork wk(p.n);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < p.b * p.nblk; ++task) {
-      const int64_t bi = task / p.nblk, blk = task % p.nblk;
+    std::vector<std::pair<int64_t, std::vector<float>>> shared;  // (group, this thread's dB | dC | d dt sums)
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t bi = task / p.nblk, blk = task % p.nblk, grp = task / p.bpg;
+      GroupSums sums{pdB + grp * ln, pdC + grp * ln, p.r > 0 ? pdtl + grp * lr : nullptr};
+      if (grp * p.bpg < lo || (grp + 1) * p.bpg > hi) {
+        if (shared.empty() || shared.back().first != grp) shared.emplace_back(grp, std::vector<float>(2 * ln + lr, 0.f));
+        float* own = shared.back().second.data();
+        sums = {own, own + ln, p.r > 0 ? own + 2 * ln : nullptr};
+      }
       const float* ck = pck + task * p.nchunks * p.n * W;
-      dispatch_n(
-          p.n, [&] { bwd_block<16>(p, bi, blk, ck, gr, wk); }, [&] { bwd_block<8>(p, bi, blk, ck, gr, wk); },
-          [&] { bwd_block<0>(p, bi, blk, ck, gr, wk); });
+      if (p.has_z || return_y) {  // y is recomputed in the backward's first pass
+        dispatch_n(
+            p.n, [&] { bwd_block<16, true>(p, bi, blk, ck, gr, sums, wk); },
+            [&] { bwd_block<8, true>(p, bi, blk, ck, gr, sums, wk); },
+            [&] { bwd_block<0, true>(p, bi, blk, ck, gr, sums, wk); });
+      } else {
+        dispatch_n(
+            p.n, [&] { bwd_block<16, false>(p, bi, blk, ck, gr, sums, wk); },
+            [&] { bwd_block<8, false>(p, bi, blk, ck, gr, sums, wk); },
+            [&] { bwd_block<0, false>(p, bi, blk, ck, gr, sums, wk); });
+      }
+    }
+#pragma omp critical
+    for (const auto& [grp, own] : shared) {
+      for (int64_t q = 0; q < ln; ++q) {
+        pdB[grp * ln + q] += own[q];
+        pdC[grp * ln + q] += own[ln + q];
+      }
+      for (int64_t q = 0; q < lr; ++q) pdtl[grp * lr + q] += own[2 * ln + q];
     }
   }
-  return {du, ddelta, dA.sum(0), dB_acc.sum(0), dC_acc.sum(0), dD.sum(0), dz, dbias.sum(0), y,
-          p.r > 0 ? ddtl_acc.sum(0) : ddtl_acc, ddtw.sum(0)};
+  return {du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), y, p.r > 0 ? ddtl : torch::empty({0}, u.options()),
+          ddtw.sum(0)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -67,6 +67,21 @@ def test_matches_float64_reference(backend, g, length, b, use_d, use_z, use_bias
         torch.testing.assert_close(grads[name].double(), r, rtol=1e-4, atol=2e-5 * float(r.abs().max()), msg=name)
 
 
+@pytest.mark.parametrize("g", [1, 2])
+@pytest.mark.parametrize("flags", [(True, True, True, True), (False, False, False, True)])
+def test_cpu_kernel_full_lane_blocks_of_channel_major_tensors(g, flags):
+    """(b, d, l) tensors with several full channel blocks (8 or 16 lanes) and a partial one, and a length that
+    is not a multiple of the 8-step tiles the kernel transposes them in: the tiled and the per-lane reads and
+    writes must agree with the reference."""
+    inputs = make_inputs(b=2, d=40, length=67, g=g, seed=40 + g)
+    ref_y, ref_last, ref_g = run(inputs, "ref", *flags, torch.float64)
+    y, last, grads = run(inputs, "cpu", *flags, torch.float32)
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5 * float(ref_y.detach().abs().max()))
+    torch.testing.assert_close(last, ref_last, rtol=1e-5, atol=1e-5 * float(ref_last.abs().max()))
+    for name, r in ref_g.items():
+        torch.testing.assert_close(grads[name].double(), r, rtol=1e-4, atol=2e-5 * float(r.abs().max()), msg=name)
+
+
 @pytest.mark.parametrize("backend", BACKENDS + ["ref"])
 def test_stress_inputs_stay_finite(backend):
     inputs = make_inputs(b=1, d=4, length=300, stress=True)
@@ -137,11 +152,12 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
     torch.testing.assert_close(second, first)
 
 
-@pytest.mark.parametrize("d,g,n", [(12, 1, 16), (24, 2, 8), (6, 3, 5)])
+@pytest.mark.parametrize("d,g,n", [(12, 1, 16), (24, 2, 8), (6, 3, 5), (40, 1, 16), (64, 2, 8)])
 def test_cpu_kernel_reads_token_major_views_and_partial_channel_blocks(d, g, n):
     """The compiled kernel takes a network's tensors as they are: (b, l, d) activations seen as (b, d, l),
     B/C sliced out of one projection, channel counts that leave part of an 8-lane block empty, and state
-    sizes with (16, 8) and without (5) a compile-time path. Same values and gradients as the reference."""
+    sizes with (16, 8) and without (5) a compile-time path; channel counts with full 8- and 16-lane blocks,
+    read and written one contiguous vector per step. Same values and gradients as the reference."""
     b, length = 2, 70
     gen = torch.Generator().manual_seed(d + g + n)
     proj = torch.randn(b, length, 3 * d + 2 * g * n, generator=gen, dtype=torch.float64)
