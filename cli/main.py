@@ -81,10 +81,17 @@ def _never_fail_on_encoding() -> None:
 
 def main() -> None:
     """Console-script entry point: first the allocator (a restart with tcmalloc preloaded, see
-    medmamba/allocator.py), then the command."""
+    medmamba/allocator.py) and a check of MKL's dispatch setting (medmamba/blas.py), then the command."""
+    from medmamba import blas
     from medmamba.allocator import reexec_with_allocator
+    from medmamba.errors import MedmambaError
 
     reexec_with_allocator()
+    try:
+        blas.check()
+    except MedmambaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     _never_fail_on_encoding()
     app()
 

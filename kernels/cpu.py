@@ -27,17 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from medmamba.atomic import atomic_folder
+from medmamba.cache import cache_dir
 
 _EXT: Any = None
 _BUILD_FAILED: str | None = None
-
-
-def cache_dir() -> Path:
-    """$MEDMAMBA_KERNEL_CACHE, else $XDG_CACHE_HOME/medmamba/kernels, else ~/.cache/medmamba/kernels."""
-    if os.environ.get("MEDMAMBA_KERNEL_CACHE"):
-        return Path(os.environ["MEDMAMBA_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "medmamba" / "kernels"
 
 
 SCAN = "selective_scan"  # csrc/selective_scan.cpp; other sources (csrc/fused_ops.cpp) load the same way

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from medmamba import blas
 from medmamba.allocator import active_allocator, child_environment
 from medmamba.errors import MedmambaError
 
@@ -203,6 +204,7 @@ def measure_one(network: str, preprocessed_dir: Path, repeats: int = 3, threads:
         "batch_size": batch,
         "profile": profile,
         "allocator": active_allocator(),
+        "mkl_dispatch": blas.status(),
         "scan_kernel": _scan_kernel(),
         **predicted,
     }

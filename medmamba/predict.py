@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from medmamba import blas
 from medmamba.allocator import active_allocator
 from medmamba.atomic import atomic_write, remove_stale_partials
 from medmamba.dicom_seg import SEG_SUFFIX, read_code_map, write_dicom_seg
@@ -232,6 +233,7 @@ def predict_folder(input_dir: Path, output_dir: Path, model_dir: Path, folds: li
             "tta": bool(model.predictor.use_mirroring and model.predictor.allowed_mirroring_axes),
             "step_size": step_size, "threads": torch.get_num_threads(), "resume": resume,
             "allocator": active_allocator(),  # tcmalloc where installed (medmamba/allocator.py); fixed per process
+            "mkl_dispatch": blas.status(),  # cpuid on AMD CPUs (medmamba/blas.py); fixed per process
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None, "cases": [],
         }
         if num_parts > 1:
