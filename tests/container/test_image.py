@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medmamba.blas import cpu_vendor
+
 from . import engine as E
 
 pytestmark = pytest.mark.slow
@@ -161,6 +163,8 @@ def test_locked_down_run_predicts_like_the_host_with_the_compiled_kernel(runs, i
     assert summary["network"] == "lightm_unet" and kernel.startswith("compiled ("), kernel
     assert "compiled CPU scan kernel unavailable" not in proc.stderr
     assert summary["allocator"] == "tcmalloc"  # the image ships libtcmalloc-minimal4; the entry point restarts on it
+    # the MKL dispatch library was built into the image and is loaded from its read-only cache on AMD hosts
+    assert summary["mkl_dispatch"] == ("cpuid" if cpu_vendor() == "AuthenticAMD" else "vendor"), summary["mkl_dispatch"]
     labels = sorted(p.name for p in out.glob("*.nii.gz"))
     assert len(labels) == n
     for name in labels:  # byte-identical to `medmamba predict` outside the container
