@@ -2,8 +2,7 @@
 
 Builds the selective scan and the fused ops around it (causal conv1d, route gathers: kernels/fused.py) for
 every instruction-set level this CPU runs (AVX-512, AVX2, generic), so that an image built on one host loads
-the best library another host can run, and the library that lets MKL dispatch on instruction sets on AMD CPUs
-(medmamba/blas.py).
+the best library another host can run.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ def main(argv: list[str]) -> int:
     if argv[:1] != ["build"]:
         print("usage: python -m medmamba.kernels build [-v]", file=sys.stderr)
         return 2
-    from medmamba.blas import build_shim
-
     from .cpu import SCAN, build_extension, build_library, isa_levels, kernel_dir
     from .fused import FUSED
 
@@ -26,9 +23,6 @@ def main(argv: list[str]) -> int:
         build_library(FUSED, verbose=verbose, level=level)
         print(f"compiled CPU kernels ready ({level}): {lib.parent.name} (scan), "
               f"{kernel_dir(FUSED, level).name} (fused ops), in {kernel_dir(SCAN, level).parent}")
-    # whatever this host's vendor: an image built on an Intel host may run on an AMD one
-    shim = build_shim()
-    print(f"MKL dispatch library: {shim if shim is not None else 'not built (no C compiler)'}")
     return 0
 
 

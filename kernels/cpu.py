@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from medmamba.atomic import atomic_folder
-from medmamba.cache import cache_dir
+from medmamba.cache import cache_dir, writable
 
 _EXT: Any = None
 _BUILD_FAILED: str | None = None
@@ -206,11 +206,6 @@ def _build(stem: str, verbose: bool, level: str | None = None) -> tuple[Any, Pat
     return ext, final / lib.name
 
 
-def _writable(folder: Path) -> bool:
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    return existing is not None and os.access(existing, os.W_OK)
-
-
 def load_extension(verbose: bool = False) -> Any:
     """Load the prebuilt scan kernel (verified, nothing written), else build it; raises RuntimeError when
     impossible."""
@@ -231,7 +226,7 @@ def _load(stem: str, verbose: bool) -> Any:
     levels = isa_levels()
     best = kernel_dir(stem, levels[0])
     build_error: Exception | None = None
-    if not (best / MANIFEST).is_file() and _writable(best):
+    if not (best / MANIFEST).is_file() and writable(best):
         try:
             ext = _build(stem, verbose, levels[0])[0]
             LOADED_LEVEL[stem] = levels[0]
@@ -247,7 +242,7 @@ def _load(stem: str, verbose: bool) -> Any:
         try:
             return _load_prebuilt(folder, ident)
         except (RuntimeError, ImportError, OSError, ValueError, KeyError) as bad:
-            if not _writable(folder.parent):
+            if not writable(folder.parent):
                 raise RuntimeError(str(bad)) from None
             try:
                 return _build(stem, verbose, level)[0]

@@ -14,8 +14,8 @@ up to float rounding.
 MEDMAMBA_MKL_DISPATCH: `auto` (default: `cpuid` on AMD CPUs, MKL untouched elsewhere), `cpuid`, or `vendor`
 (MKL as shipped). It takes effect when medmamba is imported before torch (the `medmamba` command, its
 subprocesses, any script that imports medmamba first); `status()` says what this process got. The library is
-compiled once with the system's C compiler into the kernel cache (`python -m medmamba.kernels build` does it
-ahead of time for a read-only image); without a compiler MKL stays as shipped.
+compiled once with the system's C compiler into the kernel cache (`build_ahead` does it at image build time,
+whatever the build host's vendor, for a read-only image); without it MKL stays as shipped.
 
 Standard library only: this runs before torch is imported.
 """
@@ -30,13 +30,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from medmamba.atomic import partial_name
-from medmamba.cache import cache_dir
+from medmamba.atomic import atomic_write, partial_name
+from medmamba.cache import cache_dir, writable
 from medmamba.errors import MedmambaError
 
 ENV = "MEDMAMBA_MKL_DISPATCH"
 CHOICES = ("auto", "cpuid", "vendor")
-_SOURCE = "int mkl_serv_intel_cpu_true(void) { return 1; }\n"
+# valid C and C++ (a build host may have only the C++ compiler the kernels need)
+_SOURCE = '#ifdef __cplusplus\nextern "C"\n#endif\nint mkl_serv_intel_cpu_true(void) { return 1; }\n'
 _STATUS = "vendor (medmamba.blas.apply not called)"
 
 
@@ -66,25 +67,23 @@ def shim_path() -> Path:
 
 
 def build_shim() -> Path | None:
-    """The library, compiled first if missing (atomically: concurrent processes may race); None when there is
-    no C compiler or the cache cannot be written."""
+    """The library, compiled first if missing (written atomically: concurrent processes may race); None when
+    there is no C compiler or the cache cannot be written (then nothing is attempted there)."""
     path = shim_path()
     if path.is_file():
         return path
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not sys.platform.startswith("linux"):
+    compiler = os.environ.get("CC") or next(filter(None, map(shutil.which, ("cc", "gcc", "c++", "g++"))), None)
+    if compiler is None or not sys.platform.startswith("linux") or not writable(path.parent):
         return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        src, tmp = partial_name(path.with_suffix(".c")), partial_name(path)
+        src = partial_name(path.with_suffix(".c"))
         src.write_text(_SOURCE, encoding="utf-8")
         try:
-            subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(src)], check=True,
-                           capture_output=True, timeout=120)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp),
+                                                           str(src)], check=True, capture_output=True, timeout=120))
         finally:
             src.unlink(missing_ok=True)
-            tmp.unlink(missing_ok=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return path
@@ -108,7 +107,7 @@ def apply(env: Mapping[str, str] | None = None) -> str:
         return _STATUS
     lib = build_shim()
     if lib is None:
-        _STATUS = "vendor (no C compiler to build the dispatch library)"
+        _STATUS = "vendor (dispatch library not built: no C compiler, or a read-only cache without it)"
         return _STATUS
     try:
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
@@ -127,3 +126,11 @@ def check(env: Mapping[str, str] | None = None) -> None:
 def status() -> str:
     """'cpuid' (MKL dispatches on instruction sets) or 'vendor (...)' with the reason, for this process."""
     return _STATUS
+
+
+def build_ahead() -> int:
+    """Compile the library ahead of time, whatever this host's CPU vendor (the Docker image build:
+    `python -c "import medmamba.blas as b; raise SystemExit(b.build_ahead())"`); exit status 1 if it could not."""
+    lib = build_shim()
+    print(f"MKL dispatch library: {lib if lib is not None else 'not built (no C compiler or read-only cache)'}")
+    return 0 if lib is not None else 1

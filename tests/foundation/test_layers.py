@@ -2,7 +2,8 @@
 
     kernels < nets.blocks < nets < trainers < pipeline (train, predict, plan, compare, ...) < cli
     with report, io, model_folder, metrics beside the pipeline, registry/presets/errors/workspace/checkpoint
-    below the trainers, and atomic (standard-library file writing) at the bottom, usable by the kernels.
+    below the trainers, and atomic (standard-library file writing) and cache (where built libraries live) at
+    the bottom, usable by the kernels.
     Nothing up to nets imports nnU-Net (nnunetv2): the trainers are where it comes in.
 
 import-linter cannot check this package: its `kernels/` and `cli/` folders are mapped into `medmamba.*`
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # layer of each module prefix (longest prefix wins); a module may import its own layer and lower ones
 LAYERS = {
-    "medmamba.kernels": 0, "medmamba.atomic": 0,
+    "medmamba.kernels": 0, "medmamba.atomic": 0, "medmamba.cache": 0,
     "medmamba.errors": 1, "medmamba.registry": 1, "medmamba.presets": 1,
     "medmamba.nets.blocks": 2,
     "medmamba.nets": 3,
