@@ -3,18 +3,18 @@
 PyTorch's CPU matrix products (every nn.Linear: the Mamba mixers' in/x/out projections) run on the MKL that
 PyTorch bundles. MKL uses its fastest kernels only where the CPU's vendor string is Intel's; on other CPUs it
 runs generic code paths, whatever instruction sets the CPU has. On this project's AMD EPYC (Zen 4, AVX-512)
-LightM-UNet's skinny GEMMs ran at 41-57 GFLOP/s that way and at 75-100 GFLOP/s on MKL's own AVX-512 path
+LightM-UNet's skinny GEMMs ran at 41-57 GFLOP/s that way and at 65-102 GFLOP/s on MKL's own AVX-512 path
 (docs/benchmarks.md, issue 12); nnU-Net's convolutions run on oneDNN, which dispatches on instruction sets and
 is not affected. MKL asks one internal function, `mkl_serv_intel_cpu_true`, whether the CPU is Intel's. A
 one-line library defining it (returning 1), loaded into the process's global symbol scope before torch, makes
-MKL choose by instruction sets alone: a long-standing workaround for MKL on AMD. MKL still checks the CPUID
-feature bits of every kernel it picks, so it runs only instructions the CPU has; results are MKL's usual ones
-up to float rounding.
+MKL choose by instruction sets alone: a long-standing workaround for MKL on AMD. Its Intel code path chooses
+among its kernels by the CPUID feature bits (as on Intel CPUs without AVX-512), so it runs instruction sets the
+CPU reports; results are MKL's usual ones up to float rounding (the whole test suite passes with it on).
 
 MEDMAMBA_MKL_DISPATCH: `auto` (default: `cpuid` on AMD CPUs, MKL untouched elsewhere), `cpuid`, or `vendor`
 (MKL as shipped). It takes effect when medmamba is imported before torch (the `medmamba` command, its
 subprocesses, any script that imports medmamba first); `status()` says what this process got. The library is
-compiled once with the system's C compiler into the kernel cache (`build_ahead` does it at image build time,
+compiled once with the system's C (or C++) compiler into the kernel cache (`build_ahead` does it at image build time,
 whatever the build host's vendor, for a read-only image); without it MKL stays as shipped.
 
 Standard library only: this runs before torch is imported.
