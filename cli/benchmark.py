@@ -86,12 +86,12 @@ def benchmark(
         table.add_row(r["network"], *cells)
     console.print(table)
     if rows and "patch_size" in rows[0]:
-        allocators = sorted({str(r.get("allocator", "?")) for r in rows if "error" not in r})
-        kernels = sorted({str(r.get("scan_kernel", "?")) for r in rows if "error" not in r} - {"-"})
-        mkl = sorted({str(r.get("mkl_dispatch", "?")) for r in rows if "error" not in r})
+        def seen(key: str) -> str:  # the values the measured rows report for one execution setting
+            return ", ".join(sorted({str(r.get(key, "?")) for r in rows if "error" not in r} - {"-"})) or "-"
+
         console.print(f"patch {rows[0]['patch_size']}, batch {rows[0]['batch_size']} (train iteration); "
-                      f"allocator: {', '.join(allocators)}; scan kernel: {', '.join(kernels) or '-'}; "
-                      f"MKL dispatch: {', '.join(mkl)}")
+                      f"allocator: {seen('allocator')}; scan kernel: {seen('scan_kernel')}; "
+                      f"MKL dispatch: {seen('mkl_dispatch')}")
     if predict_fold is not None and rows and "predict_cases" in rows[0]:
         console.print(f"predict: {rows[0]['predict_cases']} validation cases of fold {predict_fold}, network time "
                       "of nnU-Net's sliding window, no mirroring")

@@ -488,9 +488,8 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
         s[q] = scan_sigmoid(f[q]);
         d[q] = d0[q] * f[q] * s[q];
       }
-    } else {
-      std::copy(&dy0[0][0], &dy0[0][0] + len * W, &dys[0][0]);
     }
+    const float (*dyg)[W] = p.has_z ? dys : dy0;  // the gradient at y_t before the gate (no copy without z)
     if (c + 1 < p.nchunks) {  // dec still holds the successor chunk's decays
       for (int64_t k = 0; k < n; ++k)
         for (int j = 0; j < W; ++j) an_next[k][j] = dec[k][j];
@@ -519,7 +518,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
           dc[k][j] = scan_exp(dts[i][j] * bk.a[k][j]);
           const float h = dc[k][j] * hp[k][j] + duv[j] * Bk;
           hn[k][j] = h;
-          wk.dcv[k][j] = dys[i][j] * h;
+          wk.dcv[k][j] = dyg[i][j] * h;
           if constexpr (kWantY) sum[j] += Ck * h;
         }
       }
@@ -547,7 +546,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       const float (*dn)[W] = i + 1 < len ? dec + (i + 1) * n : an_next;  // decays of step t + 1
       alignas(kAlign) float dyp[W], dtu[W], du_acc[W], dta_acc[W];
       for (int j = 0; j < W; ++j) {
-        dyp[j] = dys[i][j];
+        dyp[j] = dyg[i][j];
         dDacc[j] += dyp[j] * us[i][j];
         dtu[j] = dts[i][j] * us[i][j];
         du_acc[j] = dta_acc[j] = 0.f;

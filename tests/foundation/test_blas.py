@@ -16,11 +16,15 @@ from medmamba.errors import MedmambaError
 STATUS = "import medmamba.blas as b; print(b.status())"
 
 
-def _run(code: str, tmp_path, **env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k != blas.ENV}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
-                          check=True, timeout=300, env={**base, "MEDMAMBA_KERNEL_CACHE": str(tmp_path / "cache"),
-                                                        **env}).stdout.strip()
+def _env(**extra: str) -> dict[str, str]:
+    """This environment without a MEDMAMBA_MKL_DISPATCH of its own, plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k != blas.ENV}, **extra}
+
+
+def _run(code: str, tmp_path, *args: str, **env: str) -> str:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, encoding="utf-8",
+                          check=True, timeout=300,
+                          env=_env(MEDMAMBA_KERNEL_CACHE=str(tmp_path / "cache"), **env)).stdout.strip()
 
 
 def test_the_choice_follows_the_setting_and_the_cpu_vendor(monkeypatch):
@@ -73,18 +77,14 @@ def test_products_are_the_same_on_either_dispatch(tmp_path):
     outs = {}
     for choice in ("cpuid", "vendor"):
         path = tmp_path / f"{choice}.pt"
-        base = {k: v for k, v in os.environ.items() if k != blas.ENV}
-        status = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                                encoding="utf-8", check=True, timeout=300, env={**base, blas.ENV: choice}).stdout
-        assert status.strip() == choice
+        assert _run(code, tmp_path, str(path), **{blas.ENV: choice}) == choice
         outs[choice] = torch.load(path, weights_only=True)
     torch.testing.assert_close(outs["cpuid"], outs["vendor"], rtol=1e-5, atol=1e-5)
 
 
 def test_console_command_rejects_a_bad_setting_in_one_line():
-    base = {k: v for k, v in os.environ.items() if k != blas.ENV}
     proc = subprocess.run([sys.executable, "-m", "medmamba.cli", "networks"], capture_output=True, text=True,
-                          encoding="utf-8", env={**base, blas.ENV: "fast"}, timeout=120)
+                          encoding="utf-8", env=_env(**{blas.ENV: "fast"}), timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{blas.ENV}=fast" in lines[0], proc.stderr
