@@ -40,6 +40,13 @@ def _source(stem: str = SCAN) -> Path:
     return Path(str(resources.files("medmamba.kernels") / "csrc" / f"{stem}.cpp"))
 
 
+def _source_bytes(stem: str = SCAN) -> bytes:
+    """The source and every header next to it (csrc/*.h, which the sources include): what a build depends on."""
+    cpp = _source(stem)
+    headers = sorted(cpp.parent.glob("*.h"))
+    return cpp.read_bytes() + b"".join(h.name.encode() + b"\0" + h.read_bytes() for h in headers)
+
+
 #: Instruction-set levels a kernel is built for, best first: (name, CPU flags it needs, compiler flags).
 #: AVX-512 doubles the scan's vector width (16 channels per register) and its registers (32, where an n = 16
 #: state alone takes 16); AVX2 is the portable x86-64 level; "generic" is whatever the compiler targets.
@@ -110,8 +117,9 @@ def _flags(level: str | None = None) -> list[str]:
 
 
 def _identity(stem: str = SCAN, level: str | None = None) -> dict[str, Any]:
-    """What a compiled library must have been built from: the source's SHA256, torch version and flags."""
-    src = _source(stem).read_bytes()
+    """What a compiled library must have been built from: the SHA256 of the source and its headers, the torch
+    version and the flags."""
+    src = _source_bytes(stem)
     flags = _flags(level)
     layout = _LAYOUT.format(stem=stem).encode()
     tag = hashlib.sha256(layout + src + torch.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]

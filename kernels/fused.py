@@ -195,9 +195,10 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 class _DepthwiseConv3d(torch.autograd.Function):
     """Depthwise 3D conv, stride 1, 'same' padding (odd kernel), whose input gradient runs through the forward
-    kernel as a conv with the flipped kernel (the adjoint of a 'same' correlation). mkldnn's depthwise backward
-    took 159 ms for the input gradient where that forward takes 56 ms on LightM-UNet's (2, 32, 40, 56, 40)
-    maps (1 thread); the weight gradient stays mkldnn's (90 ms)."""
+    kernel as a conv with the flipped kernel (the adjoint of a 'same' correlation), and whose weight and bias
+    gradients come from one compiled pass for fp32 (csrc/fused_ops.cpp). On LightM-UNet's (2, 32, 40, 56, 40)
+    maps (1 thread) mkldnn's depthwise backward took 159 ms for the input gradient and ~95 ms for the weight
+    gradient where the forward takes ~30-56 ms; the compiled weight gradient takes ~25 ms."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -213,10 +214,14 @@ class _DepthwiseConv3d(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = F.conv3d(g, weight.flip(2, 3, 4), None, 1, ctx.pad, 1, groups)
-        if ctx.needs_input_grad[1]:
+        need_w, need_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        if (need_w or need_b) and x.dtype == torch.float32 and g.dtype == torch.float32 and fused_available():
+            dw, db = load_fused().depthwise_conv3d_wgrad(x.contiguous(), g.contiguous(), *weight.shape[2:])
+            return dx, dw if need_w else None, db if need_b else None
+        if need_w:
             dw = torch.ops.aten.convolution_backward(g, x, weight, None, [1, 1, 1], ctx.pad, [1, 1, 1], False,
                                                      [0, 0, 0], groups, [False, True, False])[1]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if need_b:
             db = g.sum((0, 2, 3, 4))
         return dx, dw, db
 

@@ -16,9 +16,14 @@
 #include <cmath>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
+using medmamba_vec::fast_sigmoid;
+
 constexpr int64_t kTokens = 128;
+constexpr int64_t kAhead = 24;
 
 struct View3 {  // element (b, t, c) of a (b, l, d) tensor whose channels are contiguous
   const float* p;
@@ -32,11 +37,19 @@ View3 view_of(const torch::Tensor& x) {
   return {x.data_ptr<float>(), x.stride(0), x.stride(1)};
 }
 
-inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
-
 // pre-activation of one token row into acc[0..d): bias + sum_j w_j * x[t - (k-1) + j]
 inline void conv_row(const View3& x, int64_t b, int64_t t, const float* wt, const float* bias, int64_t d,
                      int64_t k, float* acc) {
+  if (k == 4 && t >= 3) {  // mamba's d_conv: one pass over the channels
+    const float *x0 = x.row(b, t - 3), *x1 = x.row(b, t - 2), *x2 = x.row(b, t - 1), *x3 = x.row(b, t);
+    const float *w0 = wt, *w1 = wt + d, *w2 = wt + 2 * d, *w3 = wt + 3 * d;
+    const char* ahead = reinterpret_cast<const char*>(x3 + kAhead * x.st);
+    for (int64_t off = 0; off < d * 4; off += 64) __builtin_prefetch(ahead + off);
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c)
+      acc[c] = (bias != nullptr ? bias[c] : 0.0f) + w0[c] * x0[c] + w1[c] * x1[c] + w2[c] * x2[c] + w3[c] * x3[c];
+    return;
+  }
   if (bias != nullptr) {
     std::copy(bias, bias + d, acc);
   } else {
@@ -80,7 +93,7 @@ torch::Tensor causal_conv_fwd(torch::Tensor x, torch::Tensor weight, torch::Tens
       conv_row(xv, b, t, wt.data(), bp, d, k, o);
       if (silu) {
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) o[c] = o[c] * sigmoid(o[c]);
+        for (int64_t c = 0; c < d; ++c) o[c] = o[c] * fast_sigmoid(o[c]);
       }
     }
   }
@@ -118,7 +131,7 @@ std::vector<torch::Tensor> causal_conv_bwd(torch::Tensor x, torch::Tensor weight
           conv_row(xv, b, t, wt.data(), bp, d, k, gr);
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) {
-            const float s = sigmoid(gr[c]);
+            const float s = fast_sigmoid(gr[c]);
             gr[c] = dr[c] * s * (1.0f + gr[c] * (1.0f - s));
           }
         } else {
@@ -169,6 +182,75 @@ std::vector<torch::Tensor> causal_conv_bwd(torch::Tensor x, torch::Tensor weight
     }
   }
   return {dx, dw, db};
+}
+
+// Weight and bias gradients of a depthwise 3D conv (stride 1, 'same' padding of odd kernels):
+//   dw[c, a, b, e] = sum_{n, z, y, x} g[n, c, z, y, x] * x[n, c, z + a - pa, y + b - pb, x + e - pe]
+//   dbias[c] = sum g[n, c, ...]
+// One thread per channel; per output row (z, y) every tap's products are accumulated lane-wise over the row's
+// positions into a per-tap row buffer (kd*kh*kw rows of w floats, L1-resident), so the inner loop is a plain
+// vectorised multiply-add with no horizontal sum; the buffers are summed (in double) once per channel.
+// mkldnn's depthwise weight gradient took 3.3x the forward on LightM-UNet's full-resolution maps.
+std::vector<torch::Tensor> depthwise_conv3d_wgrad(torch::Tensor x, torch::Tensor g, int64_t kd, int64_t kh,
+                                                  int64_t kw) {
+  TORCH_CHECK(x.dim() == 5 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32 5D");
+  TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == torch::kFloat32 && g.is_contiguous(), "g must match x");
+  TORCH_CHECK(kd % 2 == 1 && kh % 2 == 1 && kw % 2 == 1, "odd kernel sizes only");
+  const int64_t nb = x.size(0), nc = x.size(1), D = x.size(2), H = x.size(3), Wd = x.size(4);
+  const int64_t pd = kd / 2, ph = kh / 2, pw = kw / 2, taps = kd * kh * kw, plane = D * H * Wd;
+  auto dw = torch::empty({nc, 1, kd, kh, kw}, x.options());
+  auto db = torch::empty({nc}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  float* dwp = dw.data_ptr<float>();
+  float* dbp = db.data_ptr<float>();
+#pragma omp parallel
+  {
+    std::vector<float> acc(static_cast<size_t>((taps + 1) * Wd));  // per tap a row of lane sums; last: dbias
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nc; ++c) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      float* ab = acc.data() + taps * Wd;
+      for (int64_t n = 0; n < nb; ++n) {
+        const float* xc = xp + (n * nc + c) * plane;
+        const float* gc = gp + (n * nc + c) * plane;
+        for (int64_t z = 0; z < D; ++z) {
+          for (int64_t y = 0; y < H; ++y) {
+            const float* gr = gc + (z * H + y) * Wd;
+#pragma omp simd
+            for (int64_t i = 0; i < Wd; ++i) ab[i] += gr[i];
+            for (int64_t a = 0; a < kd; ++a) {
+              const int64_t zz = z + a - pd;
+              if (zz < 0 || zz >= D) continue;
+              for (int64_t b = 0; b < kh; ++b) {
+                const int64_t yy = y + b - ph;
+                if (yy < 0 || yy >= H) continue;
+                const float* xr = xc + (zz * H + yy) * Wd;
+                for (int64_t e = 0; e < kw; ++e) {
+                  const int64_t shift = e - pw;  // x position i reads source i + shift
+                  const int64_t lo = std::max<int64_t>(0, -shift), hi = std::min(Wd, Wd - shift);
+                  float* at = acc.data() + ((a * kh + b) * kw + e) * Wd;
+                  const float* xs = xr + shift;
+#pragma omp simd
+                  for (int64_t i = lo; i < hi; ++i) at[i] += gr[i] * xs[i];
+                }
+              }
+            }
+          }
+        }
+      }
+      for (int64_t t = 0; t <= taps; ++t) {
+        double sum = 0.0;
+        for (int64_t i = 0; i < Wd; ++i) sum += acc[t * Wd + i];
+        if (t < taps) {
+          dwp[c * taps + t] = static_cast<float>(sum);
+        } else {
+          dbp[c] = static_cast<float>(sum);
+        }
+      }
+    }
+  }
+  return {dw, db};
 }
 
 // Route gathers of multi-route scans. out[b, k, ch, i] = x[b, k or 0, ch, index[k, i]]: every (b, k, ch) row
@@ -250,6 +332,7 @@ torch::Tensor route_gather_sum(torch::Tensor g, torch::Tensor index) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv_fwd", &causal_conv_fwd, "causal depthwise conv1d (+SiLU) on token-major (b, l, d), CPU");
   m.def("causal_conv_bwd", &causal_conv_bwd, "its backward: dx, dweight, dbias (pre-activation recomputed)");
+  m.def("depthwise_conv3d_wgrad", &depthwise_conv3d_wgrad, "weight and bias gradients of a depthwise 3D conv");
   m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)");
   m.def("route_gather_sum", &route_gather_sum, "sum_k g[b,k,c,index[k,i]]: adjoint of reading along K routes");
 }

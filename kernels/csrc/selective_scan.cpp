@@ -23,7 +23,13 @@
 #include <cmath>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
+
+using medmamba_vec::fast_exp;
+using medmamba_vec::fast_sigmoid;
+using medmamba_vec::fast_softplus;
 
 constexpr int64_t kChunk = 64;
 // Lanes per vector: 16 channels in one 512-bit register where the build targets AVX-512 (kernels/cpu.py builds
@@ -36,44 +42,6 @@ constexpr int W = 8;
 constexpr int kAlign = 4 * W;  // bytes of one vector: rows of W lanes are aligned to it
 constexpr int64_t kMaxState = 256;
 constexpr int64_t kMaxRank = 64;  // rank of a low-rank delta (dt_proj inside the scan)
-
-// exp(x) from plain arithmetic so that GCC inlines it and vectorises it with the loop around it: the scan
-// is bound by exp (l*d*n of them), and an out-of-line libm/libmvec call per step costs ~2x. Range reduction
-// x = k ln2 + r with ln2 split in two (Cody-Waite), e^r by Cephes' degree-5 minimax polynomial on
-// |r| <= ln2/2, 2^k built in the exponent bits. Max relative error ~2 ulp for x in [-87, 88]; inputs
-// beyond are clamped (e^-87 ~ 1.6e-38, so decays underflow to ~0 just as expf's denormals would).
-inline float scan_exp(float x) {
-  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
-}
-
-inline float scan_sigmoid(float x) { return 1.0f / (1.0f + scan_exp(-x)); }
-
-// softplus(x) = max(x, 0) + log1p(e^-|x|), the log1p as 2 atanh(s) with s = y / (2 + y) <= 1/3 (odd series
-// to s^13, error < 1e-8): vectorisable, unlike log1pf.
-inline float scan_softplus(float x) {
-  const float y = scan_exp(-std::fabs(x));
-  const float s = y / (2.0f + y);
-  const float s2 = s * s;
-  float p = 1.0f / 13;
-  p = p * s2 + 1.0f / 11;
-  p = p * s2 + 1.0f / 9;
-  p = p * s2 + 1.0f / 7;
-  p = p * s2 + 1.0f / 5;
-  p = p * s2 + 1.0f / 3;
-  p = p * s2 + 1.0f;
-  return std::fmax(x, 0.0f) + 2.0f * s * p;
-}
 
 struct Seq {  // element (b, c, t) of a (b, d, l) tensor, any strides
   float* p;
@@ -316,13 +284,13 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
     if (p.softplus) {
       float* f = &dts[0][0];
 #pragma omp simd
-      for (int64_t q = 0; q < len * W; ++q) f[q] = scan_softplus(f[q]);
+      for (int64_t q = 0; q < len * W; ++q) f[q] = fast_softplus(f[q]);
     }
     if (p.has_z) {
       load_rows(p.z, bi, bk, t0, len, gate);
       float* f = &gate[0][0];
 #pragma omp simd
-      for (int64_t q = 0; q < len * W; ++q) f[q] *= scan_sigmoid(f[q]);  // silu(z)
+      for (int64_t q = 0; q < len * W; ++q) f[q] *= fast_sigmoid(f[q]);  // silu(z)
     }
     for (int64_t i = 0; i < len; ++i) {
       const int64_t t = t0 + i;
@@ -337,7 +305,7 @@ void fwd_block(const Problem& p, int64_t bi, int64_t blk, const Seq& y, float* c
         float* sum = (k & 1) ? acc2 : acc;
 #pragma omp simd
         for (int j = 0; j < W; ++j) {
-          h[k][j] = scan_exp(dts[i][j] * bk.a[k][j]) * h[k][j] + duv[j] * Bk;
+          h[k][j] = fast_exp(dts[i][j] * bk.a[k][j]) * h[k][j] + duv[j] * Bk;
           sum[j] += Ck * h[k][j];
         }
       }
@@ -473,8 +441,8 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       float* s = &dsp[0][0];
 #pragma omp simd
       for (int64_t q = 0; q < len * W; ++q) {
-        s[q] = scan_sigmoid(f[q]);  // d softplus / d raw
-        f[q] = scan_softplus(f[q]);
+        s[q] = fast_sigmoid(f[q]);  // d softplus / d raw
+        f[q] = fast_softplus(f[q]);
       }
     }
     if (p.has_z) {
@@ -485,7 +453,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
       float* d = &dys[0][0];
 #pragma omp simd
       for (int64_t q = 0; q < len * W; ++q) {
-        s[q] = scan_sigmoid(f[q]);
+        s[q] = fast_sigmoid(f[q]);
         d[q] = d0[q] * f[q] * s[q];
       }
     }
@@ -515,7 +483,7 @@ void bwd_block(const Problem& p, int64_t bi, int64_t blk, const float* ck, const
         float* sum = (k & 1) ? yp2 : yp;
 #pragma omp simd
         for (int j = 0; j < W; ++j) {
-          dc[k][j] = scan_exp(dts[i][j] * bk.a[k][j]);
+          dc[k][j] = fast_exp(dts[i][j] * bk.a[k][j]);
           const float h = dc[k][j] * hp[k][j] + duv[j] * Bk;
           hn[k][j] = h;
           wk.dcv[k][j] = dyg[i][j] * h;

@@ -19,7 +19,8 @@ def _grads(fn, leaves, weights):
 
 @pytest.mark.parametrize("b,length,d,k,silu,bias,strided", [
     (2, 67, 24, 4, True, True, True), (1, 300, 8, 4, True, False, False), (3, 5, 16, 4, False, True, False),
-    (2, 129, 13, 3, True, True, True), (1, 2, 8, 4, True, True, False)])
+    (2, 129, 13, 3, True, True, True), (1, 2, 8, 4, True, True, False),
+    (2, 40, 64, 4, True, False, True)])  # LightM-UNet's d_inner: whole 16-lane blocks, no conv bias
 def test_causal_conv_matches_float64(b, length, d, k, silu, bias, strided):
     gen = torch.Generator().manual_seed(length + d)
     base = torch.randn(b, length, 2 * d if strided else d, generator=gen, dtype=torch.float64)
@@ -133,3 +134,32 @@ def test_depthwise_conv3d_matches_conv3d_in_float64(kernel):
     assert torch.autograd.gradcheck(_DepthwiseConv3d.apply, (x, w, b))
     with pytest.raises(ValueError, match="odd kernels"):
         depthwise_conv3d(x, torch.zeros(3, 1, 2, 3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kernel,shape", [((3, 3, 3), (2, 4, 5, 7, 21)), ((3, 1, 5), (1, 3, 4, 3, 40)),
+                                          ((1, 3, 3), (2, 2, 3, 6, 9))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_conv3d_compiled_weight_grad_matches_float64(kernel, shape, bias):
+    """fp32 takes the compiled weight/bias gradient (rows of 21 and 40: partial and whole vectors, edges on every
+    axis); it must agree with float64 autograd of F.conv3d."""
+    import torch.nn.functional as F
+
+    from medmamba.kernels.fused import depthwise_conv3d
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    c = shape[1]
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    w = torch.randn(c, 1, *kernel, generator=gen, dtype=torch.float64)
+    b = torch.randn(c, generator=gen, dtype=torch.float64) if bias else None
+    g = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    pad = [k // 2 for k in kernel]
+
+    def grads(conv, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        out = conv(leaves[0], leaves[1], leaves[2] if bias else None)
+        return torch.autograd.grad(out, leaves, g.to(dtype))
+
+    want = grads(lambda xx, ww, bb: F.conv3d(xx, ww, bb, 1, pad, 1, c), torch.float64)
+    got = grads(depthwise_conv3d, torch.float32)
+    for a, r in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
