@@ -10,10 +10,13 @@
 // loop (contiguous in token-major tensors), so GCC vectorises every loop over 8 lanes; x may be a strided
 // view (e.g. the first half of in_proj's output) as long as its channels are contiguous.
 // Threads take (batch, block of kTokens tokens) tiles; dw/dbias are reduced per thread in double.
+// Further down: kernels for the (b, c, D, H, W) maps around the token mixers (depthwise 3D conv weight gradient,
+// max pooling, trilinear resampling) and the route gathers of multi-route scans.
 #include <torch/extension.h>
 #include <omp.h>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "vec_math.h"
@@ -253,6 +256,157 @@ std::vector<torch::Tensor> depthwise_conv3d_wgrad(torch::Tensor x, torch::Tensor
   return {dw, db};
 }
 
+// Max pooling of a contiguous (b, c, D, H, W) map with stride = kernel and no padding (a U-Net's down-sampling),
+// with PyTorch's semantics: windows visited in (d, h, w) order, a value replaces the maximum when greater or NaN,
+// index = d * H * W + h * W + w in the input plane, so aten's max_pool3d_with_indices_backward applies. PyTorch's
+// channel-first CPU kernel works window by window (~13x slower than its channels-last one on LightM-UNet's
+// maps); here every output row is a vectorised pass of maxima over kd * kh * kw strided input rows.
+std::vector<torch::Tensor> max_pool3d_fwd(torch::Tensor x, int64_t kd, int64_t kh, int64_t kw) {
+  TORCH_CHECK(x.dim() == 5 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32 5D");
+  TORCH_CHECK(kd >= 1 && kh >= 1 && kw >= 1, "kernel sizes must be positive");
+  const int64_t planes = x.size(0) * x.size(1), D = x.size(2), H = x.size(3), Wd = x.size(4);
+  const int64_t od = D / kd, oh = H / kh, ow = Wd / kw;
+  TORCH_CHECK(od > 0 && oh > 0 && ow > 0, "kernel larger than the input");
+  auto out = torch::empty({x.size(0), x.size(1), od, oh, ow}, x.options());
+  auto idx = torch::empty({x.size(0), x.size(1), od, oh, ow}, x.options().dtype(torch::kInt64));
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  int64_t* ip = idx.data_ptr<int64_t>();
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t p = 0; p < planes; ++p) {
+    for (int64_t z = 0; z < od; ++z) {
+      const float* xc = xp + p * D * H * Wd;
+      for (int64_t y = 0; y < oh; ++y) {
+        float* best = op + ((p * od + z) * oh + y) * ow;
+        int64_t* where = ip + ((p * od + z) * oh + y) * ow;
+        for (int64_t i = 0; i < ow; ++i) {
+          best[i] = -std::numeric_limits<float>::infinity();
+          where[i] = ((z * kd) * H + y * kh) * Wd + i * kw;
+        }
+        for (int64_t a = 0; a < kd; ++a) {
+          for (int64_t b = 0; b < kh; ++b) {
+            const int64_t row = ((z * kd + a) * H + (y * kh + b)) * Wd;
+            const float* xr = xc + row;
+            for (int64_t e = 0; e < kw; ++e) {
+#pragma omp simd
+              for (int64_t i = 0; i < ow; ++i) {
+                const float v = xr[i * kw + e];
+                // NaN test on the bits: the build's -ffast-math lets the compiler assume v == v
+                const bool nan = (__builtin_bit_cast(uint32_t, v) & 0x7fffffffu) > 0x7f800000u;
+                const bool take = (v > best[i]) || nan;
+                best[i] = take ? v : best[i];
+                where[i] = take ? row + i * kw + e : where[i];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return {out, idx};
+}
+
+// Trilinear resampling of contiguous (b, c, D, H, W) maps to a given size, align_corners=False, with PyTorch's
+// source coordinates: src = max((dst + 0.5) * in / out - 0.5, 0), neighbours floor(src) and the next one (the
+// last is clamped), weights 1 - f and f. PyTorch's channel-first kernel computes every output element's eight
+// neighbours and weights on its own (~8x slower than its channels-last kernel on LightM-UNet's decoder maps);
+// here each output row blends four input rows along d and h into an L1 row buffer (vectorised), then
+// interpolates along w from it. The backward runs the same steps transposed, one input plane per thread.
+struct Axis {  // per output index: the two source indices and their weights
+  std::vector<int64_t> i0, i1;
+  std::vector<float> w0, w1;
+};
+
+Axis axis_of(int64_t in, int64_t out) {
+  Axis a;
+  a.i0.resize(out); a.i1.resize(out); a.w0.resize(out); a.w1.resize(out);
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  for (int64_t o = 0; o < out; ++o) {
+    float src = (static_cast<float>(o) + 0.5f) * scale - 0.5f;
+    src = src < 0.0f ? 0.0f : src;
+    const int64_t i = std::min(static_cast<int64_t>(src), in - 1);
+    const float f = src - static_cast<float>(i);
+    a.i0[o] = i;
+    a.i1[o] = i + (i < in - 1 ? 1 : 0);
+    a.w1[o] = f;
+    a.w0[o] = 1.0f - f;
+  }
+  return a;
+}
+
+torch::Tensor upsample_trilinear_fwd(torch::Tensor x, int64_t od, int64_t oh, int64_t ow) {
+  TORCH_CHECK(x.dim() == 5 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32 5D");
+  const int64_t planes = x.size(0) * x.size(1), D = x.size(2), H = x.size(3), Wd = x.size(4);
+  auto out = torch::empty({x.size(0), x.size(1), od, oh, ow}, x.options());
+  const Axis ad = axis_of(D, od), ah = axis_of(H, oh), aw = axis_of(Wd, ow);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(Wd));
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t p = 0; p < planes; ++p) {
+      for (int64_t z = 0; z < od; ++z) {
+        const float* xc = xp + p * D * H * Wd;
+        for (int64_t y = 0; y < oh; ++y) {
+          const float* r00 = xc + (ad.i0[z] * H + ah.i0[y]) * Wd;
+          const float* r01 = xc + (ad.i0[z] * H + ah.i1[y]) * Wd;
+          const float* r10 = xc + (ad.i1[z] * H + ah.i0[y]) * Wd;
+          const float* r11 = xc + (ad.i1[z] * H + ah.i1[y]) * Wd;
+          const float c00 = ad.w0[z] * ah.w0[y], c01 = ad.w0[z] * ah.w1[y];
+          const float c10 = ad.w1[z] * ah.w0[y], c11 = ad.w1[z] * ah.w1[y];
+          float* rb = row.data();
+#pragma omp simd
+          for (int64_t i = 0; i < Wd; ++i) rb[i] = c00 * r00[i] + c01 * r01[i] + c10 * r10[i] + c11 * r11[i];
+          float* orow = op + ((p * od + z) * oh + y) * ow;
+          for (int64_t i = 0; i < ow; ++i) orow[i] = aw.w0[i] * rb[aw.i0[i]] + aw.w1[i] * rb[aw.i1[i]];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+torch::Tensor upsample_trilinear_bwd(torch::Tensor g, int64_t D, int64_t H, int64_t Wd) {
+  TORCH_CHECK(g.dim() == 5 && g.scalar_type() == torch::kFloat32 && g.is_contiguous(), "g: contiguous float32 5D");
+  const int64_t planes = g.size(0) * g.size(1), od = g.size(2), oh = g.size(3), ow = g.size(4);
+  auto dx = torch::zeros({g.size(0), g.size(1), D, H, Wd}, g.options());
+  const Axis ad = axis_of(D, od), ah = axis_of(H, oh), aw = axis_of(Wd, ow);
+  const float* gp = g.data_ptr<float>();
+  float* dp = dx.data_ptr<float>();
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(Wd));
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      float* dc = dp + p * D * H * Wd;
+      for (int64_t z = 0; z < od; ++z) {
+        for (int64_t y = 0; y < oh; ++y) {
+          const float* grow = gp + ((p * od + z) * oh + y) * ow;
+          float* rb = row.data();
+          std::fill(row.begin(), row.end(), 0.0f);
+          for (int64_t i = 0; i < ow; ++i) {
+            rb[aw.i0[i]] += aw.w0[i] * grow[i];
+            rb[aw.i1[i]] += aw.w1[i] * grow[i];
+          }
+          float* r00 = dc + (ad.i0[z] * H + ah.i0[y]) * Wd;
+          float* r01 = dc + (ad.i0[z] * H + ah.i1[y]) * Wd;
+          float* r10 = dc + (ad.i1[z] * H + ah.i0[y]) * Wd;
+          float* r11 = dc + (ad.i1[z] * H + ah.i1[y]) * Wd;
+          const float c00 = ad.w0[z] * ah.w0[y], c01 = ad.w0[z] * ah.w1[y];
+          const float c10 = ad.w1[z] * ah.w0[y], c11 = ad.w1[z] * ah.w1[y];
+          // the four rows may coincide at clamped edges: accumulate one after the other, not fused
+          for (int64_t i = 0; i < Wd; ++i) r00[i] += c00 * rb[i];
+          for (int64_t i = 0; i < Wd; ++i) r01[i] += c01 * rb[i];
+          for (int64_t i = 0; i < Wd; ++i) r10[i] += c10 * rb[i];
+          for (int64_t i = 0; i < Wd; ++i) r11[i] += c11 * rb[i];
+        }
+      }
+    }
+  }
+  return dx;
+}
+
 // Route gathers of multi-route scans. out[b, k, ch, i] = x[b, k or 0, ch, index[k, i]]: every (b, k, ch) row
 // gathers from one row of x (l floats, cache-resident) with the same index row, i.e. a permutation read.
 torch::Tensor route_gather(torch::Tensor x, torch::Tensor index) {
@@ -333,6 +487,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv_fwd", &causal_conv_fwd, "causal depthwise conv1d (+SiLU) on token-major (b, l, d), CPU");
   m.def("causal_conv_bwd", &causal_conv_bwd, "its backward: dx, dweight, dbias (pre-activation recomputed)");
   m.def("depthwise_conv3d_wgrad", &depthwise_conv3d_wgrad, "weight and bias gradients of a depthwise 3D conv");
+  m.def("max_pool3d_fwd", &max_pool3d_fwd, "max pooling, stride = kernel, of a contiguous 5D map: out, indices");
+  m.def("upsample_trilinear_fwd", &upsample_trilinear_fwd, "trilinear resize, align_corners=False, contiguous 5D");
+  m.def("upsample_trilinear_bwd", &upsample_trilinear_bwd, "its backward: the input gradient");
   m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)");
   m.def("route_gather_sum", &route_gather_sum, "sum_k g[b,k,c,index[k,i]]: adjoint of reading along K routes");
 }

@@ -163,3 +163,89 @@ def test_depthwise_conv3d_compiled_weight_grad_matches_float64(kernel, shape, bi
     got = grads(depthwise_conv3d, torch.float32)
     for a, r in zip(got, want, strict=True):
         torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 3, 8, 10, 12), (2, 2, 2)), ((1, 2, 9, 7, 5), (2, 2, 1)),
+                                          ((1, 1, 7, 6, 33), (3, 1, 2))])
+def test_max_pool3d_matches_torch(shape, kernel):
+    """Same maxima and argmax indices as F.max_pool3d, with ties (first wins), NaN (it wins) and sizes the
+    kernel does not divide (the rest is dropped); the gradient through the indices equals float64 autograd."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(shape[-1])
+    x = torch.randn(*shape, generator=gen)
+    x[0, 0, 0, 0, :4] = 1.0
+    got, idx = fused.load_fused().max_pool3d_fwd(x.clone().index_put_((torch.tensor([0]),) * 5, torch.tensor(
+        float("nan"))), *kernel)
+    want, want_idx = F.max_pool3d(x.clone().index_put_((torch.tensor([0]),) * 5, torch.tensor(float("nan"))),
+                                  kernel, kernel, return_indices=True)
+    assert torch.isnan(got[0, 0, 0, 0, 0]) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert torch.equal(idx, want_idx)
+
+    g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    x32 = x.clone().requires_grad_()
+    y = fused.max_pool3d(x32, kernel)
+    assert type(y.grad_fn).__name__ == "_MaxPool3dBackward"
+    (dx,) = torch.autograd.grad(y, x32, g.float())
+    x64 = x.double().requires_grad_()
+    (want_dx,) = torch.autograd.grad(F.max_pool3d(x64, kernel, kernel), x64, g)
+    torch.testing.assert_close(dx.double(), want_dx, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size_in,size_out", [((4, 5, 6), (8, 10, 12)), ((3, 7, 5), (7, 14, 10)),
+                                              ((5, 4, 3), (5, 8, 7)), ((2, 3, 40), (1, 2, 80)), ((1, 1, 1), (3, 2, 4))])
+def test_upsample_trilinear_matches_float64(size_in, size_out):
+    """Forward and input gradient of F.interpolate(trilinear, align_corners=False) in float64, for doubling,
+    odd targets (a U-Net's skip after floor pooling), unchanged and shrinking axes, and a single voxel."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(sum(size_out))
+    x = torch.randn(2, 3, *size_in, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 3, *size_out, generator=gen, dtype=torch.float64)
+    x32 = x.float().requires_grad_()
+    y = fused.upsample_trilinear(x32, size_out)
+    assert type(y.grad_fn).__name__ == "_UpsampleTrilinearBackward"
+    (dx,) = torch.autograd.grad(y, x32, g.float())
+    x64 = x.clone().requires_grad_()
+    want = F.interpolate(x64, size=size_out, mode="trilinear", align_corners=False)
+    (want_dx,) = torch.autograd.grad(want, x64, g)
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx.double(), want_dx, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.upsample_trilinear(x.float(), size_out).double(), want.detach(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_channels_matches_float64(bias):
+    """Channel-major output (contiguous (b, o, l)) equal to F.linear's transposed; token-major input gradient,
+    weight and bias gradients as float64 autograd of F.linear."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(7)
+    t = torch.randn(2, 300, 24, generator=gen, dtype=torch.float64)
+    w = torch.randn(40, 24, generator=gen, dtype=torch.float64)
+    b = torch.randn(40, generator=gen, dtype=torch.float64) if bias else None
+    g = torch.randn(2, 40, 300, generator=gen, dtype=torch.float64)
+
+    def grads(fn, dtype):
+        leaves = [v.to(dtype).requires_grad_() for v in (t, w) + ((b,) if bias else ())]
+        out = fn(leaves[0], leaves[1], leaves[2] if bias else None)
+        return out, torch.autograd.grad(out, leaves, g.to(dtype))
+
+    got, got_g = grads(fused.linear_channels, torch.float32)
+    want, want_g = grads(lambda *a: F.linear(*a).transpose(1, 2), torch.float64)
+    assert got.is_contiguous() and got.shape == (2, 40, 300)
+    assert got_g[0].is_contiguous()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for a, r in zip(got_g, want_g, strict=True):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+
+
+def test_layout_ops_fall_back_without_fused(monkeypatch):
+    """MEDMAMBA_FUSED=0 runs PyTorch's own ops (the previous formulation), for before/after in one run."""
+    monkeypatch.setenv("MEDMAMBA_FUSED", "0")
+    x = torch.randn(1, 2, 4, 4, 4, requires_grad=True)
+    assert "MaxPool3D" in type(fused.max_pool3d(x, (2, 2, 2)).grad_fn).__name__
+    assert "UpsampleTrilinear3D" in type(fused.upsample_trilinear(x, (8, 8, 8)).grad_fn).__name__
+    assert not fused.linear_channels(torch.randn(1, 5, 3), torch.randn(4, 3)).is_contiguous()
