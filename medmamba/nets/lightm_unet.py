@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .blocks.common import DWSepConv3d, group_norm
+from medmamba.kernels.fused import upsample_trilinear
+
+from .blocks.common import DWSepConv3d, MaxPool3d, group_norm
 from .blocks.lightm import ResMambaBlock, ResUpBlock, RVMLayer
 from .skeleton import EncoderDecoder, SkipDecoder
 
@@ -42,7 +43,7 @@ class LightMUNet(EncoderDecoder):
             if i > 0:
                 down = [RVMLayer(features[i - 1], features[i], **rvm)]
                 if any(s > 1 for s in strides[i]):
-                    down.append(nn.MaxPool3d(tuple(strides[i]), tuple(strides[i])))
+                    down.append(MaxPool3d(strides[i]))
             blocks = [ResMambaBlock(features[i], **rvm) for _ in range(blocks_down[min(i, len(blocks_down) - 1)])]
             self.stages.append(nn.Sequential(*down, *blocks))
         self.decoder = Decoder(features, list(blocks_up), num_classes, deep_supervision)
@@ -64,7 +65,7 @@ class Decoder(SkipDecoder):
             if i == 1 else nn.Conv3d(features[i - 1], num_classes, 1) for i in range(n - 1, 0, -1))
 
     def join(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.reduce[level](x), size=skip.shape[2:], mode="trilinear", align_corners=False) + skip
+        return upsample_trilinear(self.reduce[level](x), skip.shape[2:]) + skip
 
 
 def released_configuration(input_channels: int = 1, num_classes: int = 2) -> LightMUNet:

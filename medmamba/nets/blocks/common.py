@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medmamba.kernels.fused import causal_conv1d, causal_conv1d_ref, depthwise_conv3d, training_call
+from medmamba.kernels.fused import (
+    causal_conv1d,
+    causal_conv1d_ref,
+    depthwise_conv3d,
+    linear_channels,
+    max_pool3d,
+    training_call,
+)
 
 
 def triple(v: Sequence[int] | int) -> tuple[int, int, int]:
@@ -36,6 +43,17 @@ class DWSepConv3d(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3):
         super().__init__(DepthwiseConv3d(in_ch, kernel_size), nn.Conv3d(in_ch, out_ch, 1))
+
+
+class MaxPool3d(nn.MaxPool3d):
+    """nn.MaxPool3d(k, k) (stride = kernel, no padding) on `medmamba.kernels.fused.max_pool3d`: PyTorch's CPU
+    max pooling of channel-first maps is ~13x slower than of channels-last ones."""
+
+    def __init__(self, kernel_size: Sequence[int] | int):
+        super().__init__(triple(kernel_size), triple(kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool3d(x, triple(self.kernel_size))
 
 
 def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
@@ -95,6 +113,13 @@ def to_tokens(x: torch.Tensor) -> torch.Tensor:
 def from_tokens(t: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     """(b, l, c) -> (b, c, *spatial)."""
     return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *spatial)
+
+
+def linear_to_channels(t: torch.Tensor, linear: nn.Linear, spatial: tuple[int, ...]) -> torch.Tensor:
+    """from_tokens(linear(t), spatial), computed channel-major (`medmamba.kernels.fused.linear_channels`): the
+    convs, norms and pools after it then read a contiguous map. Same parameters, same sums."""
+    y = linear_channels(t, linear.weight, linear.bias)
+    return y.reshape(y.shape[0], y.shape[1], *spatial)
 
 
 def causal_conv_silu(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DWSepConv3d, block_call, from_tokens, group_norm, to_tokens
+from .common import DWSepConv3d, block_call, group_norm, linear_to_channels, to_tokens
 from .mamba import MambaMixer
 
 
@@ -32,10 +32,11 @@ class RVMLayer(nn.Module):
         return block_call(self._body, x)
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[2:]
-        t = to_tokens(x)
+        # One transposing copy in (LayerNorm and the skip then run on contiguous tokens) and none out: the
+        # projection writes channel-major maps, which the GroupNorms, pools and convs around the layer want.
+        t = to_tokens(x).contiguous()
         y = self.mixer(self.norm(t)) + self.skip_scale * t
-        return from_tokens(self.proj(self.norm(y)), spatial)
+        return linear_to_channels(self.norm(y), self.proj, x.shape[2:])
 
 
 class ResMambaBlock(nn.Module):
