@@ -46,8 +46,7 @@ class DWSepConv3d(nn.Sequential):
 
 
 class MaxPool3d(nn.MaxPool3d):
-    """nn.MaxPool3d(k, k) (stride = kernel, no padding) on `medmamba.kernels.fused.max_pool3d`: PyTorch's CPU
-    max pooling of channel-first maps is ~13x slower than of channels-last ones."""
+    """nn.MaxPool3d(k, k) (stride = kernel, no padding) on `medmamba.kernels.fused.max_pool3d` (why: there)."""
 
     def __init__(self, kernel_size: Sequence[int] | int):
         super().__init__(triple(kernel_size), triple(kernel_size))
