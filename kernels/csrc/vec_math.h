@@ -8,11 +8,16 @@
 
 namespace medmamba_vec {
 
+// Always inlined: called out of line (GCC's inliner gives up in a large function), they cannot vectorise with
+// the loop around them (the scan's backward ran ~1.7x slower so).
+#define MEDMAMBA_INLINE inline __attribute__((always_inline))
+#define MEDMAMBA_INLINE_LAMBDA __attribute__((always_inline))
+
 // exp(x): the scan is bound by exp (l*d*n of them). Range reduction
 // x = k ln2 + r with ln2 split in two (Cody-Waite), e^r by Cephes' degree-5 minimax polynomial on
 // |r| <= ln2/2, 2^k built in the exponent bits. Max relative error ~2 ulp for x in [-87, 88]; inputs
 // beyond are clamped (e^-87 ~ 1.6e-38, so decays underflow to ~0 just as expf's denormals would).
-inline float fast_exp(float x) {
+MEDMAMBA_INLINE float fast_exp(float x) {
   x = std::fmin(std::fmax(x, -87.0f), 88.0f);
   const float k = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
@@ -27,11 +32,11 @@ inline float fast_exp(float x) {
   return p * __builtin_bit_cast(float, bits);
 }
 
-inline float fast_sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+MEDMAMBA_INLINE float fast_sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
 // softplus(x) = max(x, 0) + log1p(e^-|x|), the log1p as 2 atanh(s) with s = y / (2 + y) <= 1/3 (odd series
 // to s^13, error < 1e-8): vectorisable, unlike log1pf.
-inline float fast_softplus(float x) {
+MEDMAMBA_INLINE float fast_softplus(float x) {
   const float y = fast_exp(-std::fabs(x));
   const float s = y / (2.0f + y);
   const float s2 = s * s;

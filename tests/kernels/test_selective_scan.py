@@ -152,13 +152,26 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
     torch.testing.assert_close(second, first)
 
 
-@pytest.mark.parametrize("d,g,n", [(12, 1, 16), (24, 2, 8), (6, 3, 5), (40, 1, 16), (64, 2, 8)])
-def test_cpu_kernel_reads_token_major_views_and_partial_channel_blocks(d, g, n):
+@pytest.fixture
+def two_threads():
+    """The compiled kernels' OpenMP regions on two threads (the thread count of this machine and CI), restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("d,g,n,b", [(12, 1, 16, 2), (24, 2, 8, 2), (6, 3, 5, 2), (40, 1, 16, 2), (64, 2, 8, 2),
+                                     (48, 1, 16, 1)])
+def test_cpu_kernel_reads_token_major_views_and_partial_channel_blocks(d, g, n, b):
     """The compiled kernel takes a network's tensors as they are: (b, l, d) activations seen as (b, d, l),
     B/C sliced out of one projection, channel counts that leave part of an 8-lane block empty, and state
     sizes with (16, 8) and without (5) a compile-time path; channel counts with full 8- and 16-lane blocks,
-    read and written one contiguous vector per step. Same values and gradients as the reference."""
-    b, length = 2, 70
+    read and written one contiguous vector per step, several blocks of a group chunk by chunk. On two
+    threads, one batch item of 48 channels (3 or 6 blocks) puts one group's blocks on both threads, which
+    then add their dB/dC sums from separate copies. Same values and gradients as the reference."""
+    length = 70 if b > 1 else 150
     gen = torch.Generator().manual_seed(d + g + n)
     proj = torch.randn(b, length, 3 * d + 2 * g * n, generator=gen, dtype=torch.float64)
     ref_in = make_inputs(b=b, d=d, n=n, length=length, g=max(g, 2), seed=d)
