@@ -351,8 +351,7 @@ void fwd_run(const Problem& p, int64_t bi, int64_t blo, int64_t bhi, const Seq& 
 // Splits a thread's contiguous range of tasks [lo, hi) (task = batch item * nblk + block, blocks group-major)
 // into runs of blocks of one batch item and group, calling f(bi, blo, bhi, first task, whole group in range).
 // Runs are single blocks unless the input is token-major: channel-major rows are contiguous in time for each
-// block alone, and walking several blocks' rows at once only adds concurrent streams (VM-UNet's routed scan
-// ran ~12% slower so).
+// block alone, so there is no shared row to read once.
 template <typename F>
 void for_runs(const Problem& p, int64_t lo, int64_t hi, F&& f) {
   const bool together = p.u.sc == 1;
@@ -458,10 +457,11 @@ struct BwdState {
   }
 };
 
-// The backward of one block of W channels, vectorised over the channels like the forward: the state is n
+// One chunk of the backward of one block of W channels, vectorised over the channels like the forward: the state is n
 // vectors of W lanes, B_t[k] and C_t[k] are broadcasts, and du_t / ddelta_t accumulate lane-wise (no sums
 // over the state per step). Only dB_t and dC_t need a sum over the block's channels: one reduction of n
-// vectors per step each (add_lane_sums). Chunks are walked right to left, each in two passes:
+// vectors per step each (add_lane_sums). bwd_run walks the chunks right to left (ck: this chunk's boundary
+// state); each takes two passes:
 // 1. forward over the chunk: the states h_t are recomputed from the chunk's boundary state (keeping them and
 //    the decays exp(dt_t A), so the adjoint needs no second exp), and with h_t at hand, the terms that need
 //    only h_t are done there: dC_t = sum over channels of dy_t h_t, and y_t for the z gate's gradient (and
@@ -478,8 +478,7 @@ void bwd_chunk(const Problem& p, const Block<N>& bk, BwdState<N>& st, int64_t bi
   const int64_t n = N > 0 ? N : p.n;
   const float* Bg = p.Bp + bi * p.Bs[0] + bk.gi * p.Bs[1];
   const float* Cg = p.Cp + bi * p.Cs[0] + bk.gi * p.Cs[1];
-  // the block's carried state as locals for the chunk (through pointers the compiler could not keep it apart
-  // from the work buffers; the backward ran 1.6x slower that way)
+  // the block's carried state as locals for the chunk, which the compiler then knows apart from the work buffers
   alignas(kAlign) float g[N > 0 ? N : kMaxState][W], an_next[N > 0 ? N : kMaxState][W],
       dAacc[N > 0 ? N : kMaxState][W];
   alignas(kAlign) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
@@ -492,142 +491,139 @@ void bwd_chunk(const Problem& p, const Block<N>& bk, BwdState<N>& st, int64_t bi
   std::copy_n(st.live, W, live);
   float (*hs)[W] = wk.hs;
   float (*dec)[W] = wk.dec;
-  {
-    const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
-    // dys: dy, then (z gate) dy silu(z), the gradient at the gate's input y_t
-    alignas(kAlign) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
-        dy0[kChunk][W], dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
-    load_delta(p, bk, bi, t0, len, dts);
-    load_rows(p.u, bi, bk, t0, len, us);
-    load_rows(gr.dy, bi, bk, t0, len, dy0);
-    if (bk.w < W) {
-      for (int64_t i = 0; i < len; ++i)
-        for (int j = 0; j < W; ++j) dy0[i][j] *= live[j];
-    }
-    if (p.softplus) {
-      float* f = &dts[0][0];
-      float* s = &dsp[0][0];
-#pragma omp simd
-      for (int64_t q = 0; q < len * W; ++q) {
-        s[q] = fast_sigmoid(f[q]);  // d softplus / d raw
-        f[q] = fast_softplus(f[q]);
-      }
-    }
-    if (p.has_z) {
-      load_rows(p.z, bi, bk, t0, len, zs);
-      const float* f = &zs[0][0];
-      const float* d0 = &dy0[0][0];
-      float* s = &zsg[0][0];
-      float* d = &dys[0][0];
-#pragma omp simd
-      for (int64_t q = 0; q < len * W; ++q) {
-        s[q] = fast_sigmoid(f[q]);
-        d[q] = d0[q] * f[q] * s[q];
-      }
-    }
-    const float (*dyg)[W] = p.has_z ? dys : dy0;  // the gradient at y_t before the gate (no copy without z)
-    // pass 1: h_{t0} .. h_{t1-1} from the chunk's boundary state, with dC_t and y_t on the way
-    const float* cks = ck;
-    for (int64_t k = 0; k < n; ++k)
-      for (int j = 0; j < W; ++j) hs[k][j] = cks[k * W + j];
-    for (int64_t i = 0; i < len; ++i) {
-      const float* Bt = Bg + (t0 + i) * p.Bs[3];
-      const float* Ct = Cg + (t0 + i) * p.Cs[3];
-      alignas(kAlign) float duv[W], yp[W], yp2[W];
-      for (int j = 0; j < W; ++j) {
-        duv[j] = dts[i][j] * us[i][j];
-        yp[j] = bk.Dv[j] * us[i][j];
-        yp2[j] = 0.f;
-      }
-      const float (*hp)[W] = hs + i * n;
-      float (*hn)[W] = hs + (i + 1) * n;
-      float (*dc)[W] = dec + i * n;
-      auto state = [&](int64_t k, float* sum) MEDMAMBA_INLINE_LAMBDA {  // as in fwd_chunk
-        const float Bk = Bt[k], Ck = Ct[k];
-#pragma omp simd
-        for (int j = 0; j < W; ++j) {
-          dc[k][j] = fast_exp(dts[i][j] * bk.a[k][j]);
-          const float h = dc[k][j] * hp[k][j] + duv[j] * Bk;
-          hn[k][j] = h;
-          wk.dcv[k][j] = dyg[i][j] * h;
-          if constexpr (kWantY) sum[j] += Ck * h;
-        }
-      };
-      int64_t k = 0;
-      for (; k + 1 < n; k += 2) {
-        state(k, yp);
-        state(k + 1, yp2);
-      }
-      if (k < n) state(k, yp);
-      add_lane_sums(wk.dcv, n, sc.dC + i * n);
-      if constexpr (kWantY) {
-        if (p.has_z) {
-#pragma omp simd
-          for (int j = 0; j < W; ++j) {
-            const float zt = zs[i][j], sg = zsg[i][j], out = yp[j] + yp2[j];
-            dzs[i][j] = dy0[i][j] * out * sg * (1.0f + zt * (1.0f - sg));
-            yo[i][j] = out * zt * sg;
-          }
-        } else {
-          for (int j = 0; j < W; ++j) yo[i][j] = yp[j] + yp2[j];
-        }
-      }
-    }
-    // pass 2: the adjoint, right to left
-    for (int64_t i = len - 1; i >= 0; --i) {
-      const int64_t t = t0 + i;
-      const float* Bt = Bg + t * p.Bs[3];
-      const float* Ct = Cg + t * p.Cs[3];
-      const float (*hprev)[W] = hs + i * n;
-      const float (*dc)[W] = dec + i * n;
-      const float (*dn)[W] = i + 1 < len ? dec + (i + 1) * n : an_next;  // decays of step t + 1
-      alignas(kAlign) float dyp[W], dtu[W], du_acc[W], dta_acc[W];
-      for (int j = 0; j < W; ++j) {
-        dyp[j] = dyg[i][j];
-        dDacc[j] += dyp[j] * us[i][j];
-        dtu[j] = dts[i][j] * us[i][j];
-        du_acc[j] = dta_acc[j] = 0.f;
-      }
-      for (int64_t k = 0; k < n; ++k) {
-        const float Bk = Bt[k], Ck = Ct[k];
-#pragma omp simd
-        for (int j = 0; j < W; ++j) {
-          const float gk = dn[k][j] * g[k][j] + Ck * dyp[j];
-          const float gq = gk * dc[k][j] * hprev[k][j];  // through the decay of step t
-          wk.dbv[k][j] = gk * dtu[j];
-          du_acc[j] += gk * Bk;
-          dta_acc[j] += bk.a[k][j] * gq;
-          dAacc[k][j] += dts[i][j] * gq;
-          g[k][j] = gk;
-        }
-      }
-      add_lane_sums(wk.dbv, n, sc.dB + i * n);
-#pragma omp simd
-      for (int j = 0; j < W; ++j) {
-        const float raw = us[i][j] * du_acc[j] + dta_acc[j];  // d/d dt of dt B u and of exp(dt A)
-        const float ddt = p.softplus ? raw * dsp[i][j] : raw;
-        dbacc[j] += ddt * live[j];
-        ddts[i][j] = ddt;
-        dus[i][j] = du_acc[j] * dts[i][j] + dyp[j] * bk.Dv[j];
-      }
-      if (p.r > 0) {  // delta = dtw @ dt: d dtw += ddelta dt^T (lane-wise), d dt = dtw^T ddelta (over channels)
-        for (int64_t q = 0; q < p.r; ++q) {
-          const float v = p.dt.at(bi, bk.gi * p.r + q, t);
-#pragma omp simd
-          for (int j = 0; j < W; ++j) {
-            const float dl = ddts[i][j] * live[j];
-            dWacc[q][j] += dl * v;
-            wk.dwv[q][j] = bk.wdt[q][j] * dl;
-          }
-        }
-        add_lane_sums(wk.dwv, p.r, sc.dtl + i * p.r);
-      }
-    }
-    store_rows(gr.du, bi, bk, t0, len, dus);
-    if (p.r == 0) store_rows(gr.ddt, bi, bk, t0, len, ddts);
-    if (p.has_z) store_rows(gr.dz, bi, bk, t0, len, dzs);
-    if (gr.y.p != nullptr) store_rows(gr.y, bi, bk, t0, len, yo);
+  const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
+  // dys: dy, then (z gate) dy silu(z), the gradient at the gate's input y_t
+  alignas(kAlign) float dts[kChunk][W], dsp[kChunk][W], us[kChunk][W], zs[kChunk][W], zsg[kChunk][W],
+      dy0[kChunk][W], dys[kChunk][W], dus[kChunk][W], ddts[kChunk][W], dzs[kChunk][W], yo[kChunk][W];
+  load_delta(p, bk, bi, t0, len, dts);
+  load_rows(p.u, bi, bk, t0, len, us);
+  load_rows(gr.dy, bi, bk, t0, len, dy0);
+  if (bk.w < W) {
+    for (int64_t i = 0; i < len; ++i)
+      for (int j = 0; j < W; ++j) dy0[i][j] *= live[j];
   }
+  if (p.softplus) {
+    float* f = &dts[0][0];
+    float* s = &dsp[0][0];
+#pragma omp simd
+    for (int64_t q = 0; q < len * W; ++q) {
+      s[q] = fast_sigmoid(f[q]);  // d softplus / d raw
+      f[q] = fast_softplus(f[q]);
+    }
+  }
+  if (p.has_z) {
+    load_rows(p.z, bi, bk, t0, len, zs);
+    const float* f = &zs[0][0];
+    const float* d0 = &dy0[0][0];
+    float* s = &zsg[0][0];
+    float* d = &dys[0][0];
+#pragma omp simd
+    for (int64_t q = 0; q < len * W; ++q) {
+      s[q] = fast_sigmoid(f[q]);
+      d[q] = d0[q] * f[q] * s[q];
+    }
+  }
+  const float (*dyg)[W] = p.has_z ? dys : dy0;  // the gradient at y_t before the gate (no copy without z)
+  // pass 1: h_{t0} .. h_{t1-1} from the chunk's boundary state, with dC_t and y_t on the way
+  for (int64_t k = 0; k < n; ++k)
+    for (int j = 0; j < W; ++j) hs[k][j] = ck[k * W + j];  // the chunk's boundary state
+  for (int64_t i = 0; i < len; ++i) {
+    const float* Bt = Bg + (t0 + i) * p.Bs[3];
+    const float* Ct = Cg + (t0 + i) * p.Cs[3];
+    alignas(kAlign) float duv[W], yp[W], yp2[W];
+    for (int j = 0; j < W; ++j) {
+      duv[j] = dts[i][j] * us[i][j];
+      yp[j] = bk.Dv[j] * us[i][j];
+      yp2[j] = 0.f;
+    }
+    const float (*hp)[W] = hs + i * n;
+    float (*hn)[W] = hs + (i + 1) * n;
+    float (*dc)[W] = dec + i * n;
+    auto state = [&](int64_t k, float* sum) MEDMAMBA_INLINE_LAMBDA {  // as in fwd_chunk
+      const float Bk = Bt[k], Ck = Ct[k];
+#pragma omp simd
+      for (int j = 0; j < W; ++j) {
+        dc[k][j] = fast_exp(dts[i][j] * bk.a[k][j]);
+        const float h = dc[k][j] * hp[k][j] + duv[j] * Bk;
+        hn[k][j] = h;
+        wk.dcv[k][j] = dyg[i][j] * h;
+        if constexpr (kWantY) sum[j] += Ck * h;
+      }
+    };
+    int64_t k = 0;
+    for (; k + 1 < n; k += 2) {
+      state(k, yp);
+      state(k + 1, yp2);
+    }
+    if (k < n) state(k, yp);
+    add_lane_sums(wk.dcv, n, sc.dC + i * n);
+    if constexpr (kWantY) {
+      if (p.has_z) {
+#pragma omp simd
+        for (int j = 0; j < W; ++j) {
+          const float zt = zs[i][j], sg = zsg[i][j], out = yp[j] + yp2[j];
+          dzs[i][j] = dy0[i][j] * out * sg * (1.0f + zt * (1.0f - sg));
+          yo[i][j] = out * zt * sg;
+        }
+      } else {
+        for (int j = 0; j < W; ++j) yo[i][j] = yp[j] + yp2[j];
+      }
+    }
+  }
+  // pass 2: the adjoint, right to left
+  for (int64_t i = len - 1; i >= 0; --i) {
+    const int64_t t = t0 + i;
+    const float* Bt = Bg + t * p.Bs[3];
+    const float* Ct = Cg + t * p.Cs[3];
+    const float (*hprev)[W] = hs + i * n;
+    const float (*dc)[W] = dec + i * n;
+    const float (*dn)[W] = i + 1 < len ? dec + (i + 1) * n : an_next;  // decays of step t + 1
+    alignas(kAlign) float dyp[W], dtu[W], du_acc[W], dta_acc[W];
+    for (int j = 0; j < W; ++j) {
+      dyp[j] = dyg[i][j];
+      dDacc[j] += dyp[j] * us[i][j];
+      dtu[j] = dts[i][j] * us[i][j];
+      du_acc[j] = dta_acc[j] = 0.f;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const float Bk = Bt[k], Ck = Ct[k];
+#pragma omp simd
+      for (int j = 0; j < W; ++j) {
+        const float gk = dn[k][j] * g[k][j] + Ck * dyp[j];
+        const float gq = gk * dc[k][j] * hprev[k][j];  // through the decay of step t
+        wk.dbv[k][j] = gk * dtu[j];
+        du_acc[j] += gk * Bk;
+        dta_acc[j] += bk.a[k][j] * gq;
+        dAacc[k][j] += dts[i][j] * gq;
+        g[k][j] = gk;
+      }
+    }
+    add_lane_sums(wk.dbv, n, sc.dB + i * n);
+#pragma omp simd
+    for (int j = 0; j < W; ++j) {
+      const float raw = us[i][j] * du_acc[j] + dta_acc[j];  // d/d dt of dt B u and of exp(dt A)
+      const float ddt = p.softplus ? raw * dsp[i][j] : raw;
+      dbacc[j] += ddt * live[j];
+      ddts[i][j] = ddt;
+      dus[i][j] = du_acc[j] * dts[i][j] + dyp[j] * bk.Dv[j];
+    }
+    if (p.r > 0) {  // delta = dtw @ dt: d dtw += ddelta dt^T (lane-wise), d dt = dtw^T ddelta (over channels)
+      for (int64_t q = 0; q < p.r; ++q) {
+        const float v = p.dt.at(bi, bk.gi * p.r + q, t);
+#pragma omp simd
+        for (int j = 0; j < W; ++j) {
+          const float dl = ddts[i][j] * live[j];
+          dWacc[q][j] += dl * v;
+          wk.dwv[q][j] = bk.wdt[q][j] * dl;
+        }
+      }
+      add_lane_sums(wk.dwv, p.r, sc.dtl + i * p.r);
+    }
+  }
+  store_rows(gr.du, bi, bk, t0, len, dus);
+  if (p.r == 0) store_rows(gr.ddt, bi, bk, t0, len, ddts);
+  if (p.has_z) store_rows(gr.dz, bi, bk, t0, len, dzs);
+  if (gr.y.p != nullptr) store_rows(gr.y, bi, bk, t0, len, yo);
   std::copy_n(&g[0][0], n * W, &st.g[0][0]);
   std::copy_n(&dec[0][0], n * W, &st.an_next[0][0]);  // the decays of step t0, for the chunk before
   std::copy_n(&dAacc[0][0], n * W, &st.dAacc[0][0]);
