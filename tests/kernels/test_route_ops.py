@@ -14,15 +14,16 @@ from medmamba.kernels.route_ops import inverse_routes, route_scan, route_unscan
     ((4, 3, 2), ("snake", "diagonal", "shell_rev", "raster_whd")),
     ((1, 1, 1), ("raster_dhw", "raster_dhw_rev"))])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the compiled gathers
-def test_route_ops_match_index_formulation(shape, kinds, dtype):
+@pytest.mark.parametrize("c", [3, 11])  # 11: the compiled gathers' 8-row blocks and a partial one
+def test_route_ops_match_index_formulation(shape, kinds, dtype, c):
     routes = build_routes(shape, kinds)
     inverse = inverse_routes(routes)
     assert torch.equal(inverse, torch.argsort(routes, dim=1))
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, *shape, generator=gen, dtype=torch.float64).to(dtype)
+    x = torch.randn(2, c, *shape, generator=gen, dtype=torch.float64).to(dtype)
     K = len(kinds)
-    w_seq = torch.randn(2, K * 3, x[0, 0].numel(), generator=gen, dtype=torch.float64).to(dtype)
-    w_out = torch.randn(2, K, 3, x[0, 0].numel(), generator=gen, dtype=torch.float64).to(dtype)
+    w_seq = torch.randn(2, K * c, x[0, 0].numel(), generator=gen, dtype=torch.float64).to(dtype)
+    w_out = torch.randn(2, K, c, x[0, 0].numel(), generator=gen, dtype=torch.float64).to(dtype)
 
     def run(scan, unscan):
         leaf = x.clone().requires_grad_()
