@@ -416,32 +416,25 @@ torch::Tensor upsample_trilinear_bwd(torch::Tensor g, int64_t D, int64_t H, int6
   return dx;
 }
 
-// dst row r (r < rows, rows of l floats) = (or += with `add`) src row r (stride sr between rows, sl between
-// elements) read at idx[0..l): rows at a time, so that each index is loaded once per kRows elements.
+// dst row r (r < rows, rows of l floats) = (kAdd: +=) src row r (stride sr between rows, sl between elements)
+// read at idx[0..l): kRows rows at a time, so that each index is loaded once per kRows elements.
 constexpr int64_t kRows = 8;
-inline void gather_rows(const float* src, int64_t sr, int64_t sl, const int64_t* idx, int64_t l, int64_t rows,
-                        float* dst, bool add) {
-  if (rows == kRows && !add) {
-    for (int64_t i = 0; i < l; ++i) {
-      const float* s = src + idx[i] * sl;
-#pragma GCC unroll 8
-      for (int64_t r = 0; r < kRows; ++r) dst[r * l + i] = s[r * sr];
-    }
-    return;
-  }
+template <bool kAdd>
+void gather_rows(const float* src, int64_t sr, int64_t sl, const int64_t* idx, int64_t l, int64_t rows, float* dst) {
+  auto put = [](float& d, float v) {
+    if constexpr (kAdd) d += v;
+    else d = v;
+  };
   if (rows == kRows) {
     for (int64_t i = 0; i < l; ++i) {
       const float* s = src + idx[i] * sl;
 #pragma GCC unroll 8
-      for (int64_t r = 0; r < kRows; ++r) dst[r * l + i] += s[r * sr];
+      for (int64_t r = 0; r < kRows; ++r) put(dst[r * l + i], s[r * sr]);
     }
     return;
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* s = src + r * sr;
-    float* d = dst + r * l;
-    for (int64_t i = 0; i < l; ++i) d[i] = add ? d[i] + s[idx[i] * sl] : s[idx[i] * sl];
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < l; ++i) put(dst[r * l + i], src[r * sr + idx[i] * sl]);
 }
 
 // Route gathers of multi-route scans. out[b, k, ch, i] = x[b, k or 0, ch, index[k, i]]: every (b, k, ch) row
@@ -482,8 +475,8 @@ torch::Tensor route_gather(torch::Tensor x, torch::Tensor index) {
   for (int64_t task = 0; task < nb * K * nrb; ++task) {
     const int64_t b = task / (K * nrb), k = (task / nrb) % K, c0 = (task % nrb) * kRows;
     const int64_t* idx = ip + k * l;
-    gather_rows(xp + b * sb + k * sk + c0 * sc, sc, sl, idx, l, std::min(kRows, c - c0),
-                op + ((b * K + k) * c + c0) * l, false);
+    gather_rows<false>(xp + b * sb + k * sk + c0 * sc, sc, sl, idx, l, std::min(kRows, c - c0),
+                       op + ((b * K + k) * c + c0) * l);
   }
   return out;
 }
@@ -503,10 +496,10 @@ torch::Tensor route_gather_sum(torch::Tensor g, torch::Tensor index) {
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < nb * nrb; ++task) {
     const int64_t b = task / nrb, c0 = (task % nrb) * kRows;
-    for (int64_t k = 0; k < K; ++k) {
-      gather_rows(gp + b * sb + k * sk + c0 * sc, sc, sl, ip + k * l, l, std::min(kRows, c - c0),
-                  op + (b * c + c0) * l, k > 0);
-    }
+    const int64_t rows = std::min(kRows, c - c0);
+    float* dst = op + (b * c + c0) * l;
+    gather_rows<false>(gp + b * sb + c0 * sc, sc, sl, ip, l, rows, dst);  // route 0 writes, the others add
+    for (int64_t k = 1; k < K; ++k) gather_rows<true>(gp + b * sb + k * sk + c0 * sc, sc, sl, ip + k * l, l, rows, dst);
   }
   return out;
 }

@@ -332,10 +332,7 @@ void fwd_run(const Problem& p, int64_t bi, int64_t blo, int64_t bhi, const Seq& 
   std::vector<Block<N>> bks;
   bks.reserve(nb);
   for (int64_t blk = blo; blk < bhi; ++blk) bks.emplace_back(p, blk);
-  std::vector<FwdState<N>> st(nb);
-  for (auto& s : st)
-    for (int64_t k = 0; k < n; ++k)
-      for (int j = 0; j < W; ++j) s.h[k][j] = 0.f;
+  std::vector<FwdState<N>> st(nb);  // value-initialised: h_0 = 0
   for (int64_t c = 0; c < p.nchunks; ++c) {
     for (int64_t q = 0; q < nb; ++q) {
       fwd_chunk(p, bks[q], bi, c * kChunk, st[q].h, y, ck != nullptr ? ck + q * per_block + c * n * W : nullptr);
@@ -442,23 +439,20 @@ struct BwdState {
   // an_next: the decays of the first step after the chunk (its successor's), for the adjoint's last step
   alignas(kAlign) float g[N > 0 ? N : kMaxState][W], an_next[N > 0 ? N : kMaxState][W],
       dAacc[N > 0 ? N : kMaxState][W];
-  alignas(kAlign) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
+  alignas(kAlign) float dDacc[W], dbacc[W], dWacc[kMaxRank][W];
 
-  BwdState(const Problem& p, const Block<N>& bk) {
+  explicit BwdState(const Problem& p) {
     const int64_t n = N > 0 ? N : p.n;
     for (int64_t k = 0; k < n; ++k)
       for (int j = 0; j < W; ++j) g[k][j] = an_next[k][j] = dAacc[k][j] = 0.f;
     for (int64_t q = 0; q < p.r; ++q)
       for (int j = 0; j < W; ++j) dWacc[q][j] = 0.f;
-    for (int j = 0; j < W; ++j) {
-      dDacc[j] = dbacc[j] = 0.f;
-      live[j] = j < bk.w ? 1.f : 0.f;
-    }
+    for (int j = 0; j < W; ++j) dDacc[j] = dbacc[j] = 0.f;
   }
 };
 
-// One chunk of the backward of one block of W channels, vectorised over the channels like the forward: the state is n
-// vectors of W lanes, B_t[k] and C_t[k] are broadcasts, and du_t / ddelta_t accumulate lane-wise (no sums
+// One chunk of the backward of one block of W channels, vectorised over the channels like the forward: the
+// state is n vectors of W lanes, B_t[k] and C_t[k] are broadcasts, and du_t / ddelta_t accumulate lane-wise (no sums
 // over the state per step). Only dB_t and dC_t need a sum over the block's channels: one reduction of n
 // vectors per step each (add_lane_sums). bwd_run walks the chunks right to left (ck: this chunk's boundary
 // state); each takes two passes:
@@ -482,13 +476,13 @@ void bwd_chunk(const Problem& p, const Block<N>& bk, BwdState<N>& st, int64_t bi
   alignas(kAlign) float g[N > 0 ? N : kMaxState][W], an_next[N > 0 ? N : kMaxState][W],
       dAacc[N > 0 ? N : kMaxState][W];
   alignas(kAlign) float dDacc[W], dbacc[W], live[W], dWacc[kMaxRank][W];
+  for (int j = 0; j < W; ++j) live[j] = j < bk.w ? 1.f : 0.f;  // masked lanes: 0
   std::copy_n(&st.g[0][0], n * W, &g[0][0]);
   std::copy_n(&st.an_next[0][0], n * W, &an_next[0][0]);
   std::copy_n(&st.dAacc[0][0], n * W, &dAacc[0][0]);
   std::copy_n(&st.dWacc[0][0], p.r * W, &dWacc[0][0]);
   std::copy_n(st.dDacc, W, dDacc);
   std::copy_n(st.dbacc, W, dbacc);
-  std::copy_n(st.live, W, live);
   float (*hs)[W] = wk.hs;
   float (*dec)[W] = wk.dec;
   const int64_t t0 = c * kChunk, t1 = std::min(p.l, t0 + kChunk), len = t1 - t0;
@@ -644,31 +638,27 @@ void bwd_run(const Problem& p, int64_t bi, int64_t blo, int64_t bhi, const float
   for (int64_t blk = blo; blk < bhi; ++blk) bks.emplace_back(p, blk);
   std::vector<BwdState<N>> st;
   st.reserve(nb);
-  for (int64_t q = 0; q < nb; ++q) st.emplace_back(p, bks[q]);
+  for (int64_t q = 0; q < nb; ++q) st.emplace_back(p);
   for (int64_t c = p.nchunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, len = std::min(p.l, t0 + kChunk) - t0;
-    if (nb == 1) {  // one block adds its sums to the rows directly (a chunk buffer measured ~4% slower so)
-      const GroupSums rows{sums.dB + t0 * n, sums.dC + t0 * n, p.r > 0 ? sums.dtl + t0 * p.r : nullptr};
-      bwd_chunk<N, kWantY>(p, bks[0], st[0], bi, c, ck + c * n * W, gr, rows, wk);
-      continue;
+    // the chunk's rows of the sums; a lone block adds to them directly (a chunk buffer measured ~4% slower so)
+    const GroupSums rows{sums.dB + t0 * n, sums.dC + t0 * n, p.r > 0 ? sums.dtl + t0 * p.r : nullptr};
+    const bool buffered = nb > 1;
+    if (buffered) {
+      std::fill(wk.cdB.begin(), wk.cdB.end(), 0.f);
+      std::fill(wk.cdC.begin(), wk.cdC.end(), 0.f);
+      std::fill(wk.cdt.begin(), wk.cdt.end(), 0.f);
     }
-    std::fill(wk.cdB.begin(), wk.cdB.end(), 0.f);
-    std::fill(wk.cdC.begin(), wk.cdC.end(), 0.f);
-    std::fill(wk.cdt.begin(), wk.cdt.end(), 0.f);
-    const GroupSums chunk{wk.cdB.data(), wk.cdC.data(), wk.cdt.data()};
+    const GroupSums dst = buffered ? GroupSums{wk.cdB.data(), wk.cdC.data(), wk.cdt.data()} : rows;
     for (int64_t q = 0; q < nb; ++q)
-      bwd_chunk<N, kWantY>(p, bks[q], st[q], bi, c, ck + q * per_block + c * n * W, gr, chunk, wk);
-    float* dB = sums.dB + t0 * n;
-    float* dC = sums.dC + t0 * n;
+      bwd_chunk<N, kWantY>(p, bks[q], st[q], bi, c, ck + q * per_block + c * n * W, gr, dst, wk);
+    if (!buffered) continue;
 #pragma omp simd
     for (int64_t q = 0; q < len * n; ++q) {
-      dB[q] += wk.cdB[q];
-      dC[q] += wk.cdC[q];
+      rows.dB[q] += wk.cdB[q];
+      rows.dC[q] += wk.cdC[q];
     }
-    if (p.r > 0) {
-      float* dt = sums.dtl + t0 * p.r;
-      for (int64_t q = 0; q < len * p.r; ++q) dt[q] += wk.cdt[q];
-    }
+    for (int64_t q = 0; q < len * p.r; ++q) rows.dtl[q] += wk.cdt[q];
   }
   for (int64_t q = 0; q < nb; ++q) {
     const Block<N>& bk = bks[q];
@@ -760,7 +750,8 @@ std::vector<torch::Tensor> scan_bwd(torch::Tensor u, torch::Tensor delta, torch:
       const int64_t grp = task / p.bpg;
       GroupSums sums{pdB + grp * ln, pdC + grp * ln, p.r > 0 ? pdtl + grp * lr : nullptr};
       if (!whole) {  // the group is shared with another thread
-        if (shared.empty() || shared.back().first != grp) shared.emplace_back(grp, std::vector<float>(2 * ln + lr, 0.f));
+        if (shared.empty() || shared.back().first != grp)
+          shared.emplace_back(grp, std::vector<float>(2 * ln + lr, 0.f));
         float* own = shared.back().second.data();
         sums = {own, own + ln, p.r > 0 ? own + 2 * ln : nullptr};
       }
