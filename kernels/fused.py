@@ -10,9 +10,7 @@ cached next to the scan kernel, keyed by source hash), and the split projection'
 per half, writing straight into the halves of a single weight gradient. Around the mixers, PyTorch's CPU
 pooling and resampling of channel-first maps are several times slower than of channels-last ones, and a
 token-major Linear output viewed as a map is copied by every op after it; the ops below keep maps
-channel-major and contiguous and do those steps row by row. The Linear ops' products over many tokens run on
-oneDNN (`token_matmul`) and their weight gradients on a compiled kernel (`weight_grad`): MKL's sgemm is slow
-for these narrow shapes (`MEDMAMBA_PRODUCTS=mkl` sends them back to it).
+channel-major and contiguous and do those steps row by row.
 
 The mathematics is unchanged (same parameters, same state_dict keys); `MEDMAMBA_FUSED=0` turns all of them off
 (the PyTorch formulation runs), which is how before/after are measured in one run.
@@ -40,20 +38,6 @@ def load_fused(verbose: bool = False) -> Any:
 def fused_enabled() -> bool:
     """False when MEDMAMBA_FUSED=0 (measure the PyTorch formulation in the same environment)."""
     return os.environ.get("MEDMAMBA_FUSED", "1") != "0"
-
-
-#: Environment setting: `mkl` sends the token products and their weight gradients to torch.mm (MKL), as before
-#: session 15; `auto` (default) takes oneDNN's products and the compiled weight gradient where they pay. For
-#: measuring one against the other in one run (`medmamba benchmark --networks NET,NET@MEDMAMBA_PRODUCTS=mkl`).
-PRODUCTS_ENV = "MEDMAMBA_PRODUCTS"
-
-
-def compiled_products() -> bool:
-    """Whether MEDMAMBA_PRODUCTS lets token products leave torch.mm; a value it does not know is an error."""
-    value = os.environ.get(PRODUCTS_ENV, "auto").strip().lower() or "auto"
-    if value not in ("auto", "mkl"):
-        raise ValueError(f"{PRODUCTS_ENV}={value}: expected 'auto' or 'mkl'")
-    return value == "auto"
 
 
 def fused_available() -> bool:
@@ -143,8 +127,7 @@ def weight_grad(g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     dt_proj: 64 x 2) its g^T @ x took 166 ms where (x^T @ g)^T took 12 ms (1 thread).
     """
     if (len({g2.dtype, x2.dtype, torch.float32}) == 1 and g2.device.type == "cpu" and g2.shape[0] >= _TN_MIN_ROWS
-            and g2.stride(-1) == 1 and x2.stride(-1) == 1 and fused_enabled() and compiled_products()
-            and fused_available()):
+            and g2.stride(-1) == 1 and x2.stride(-1) == 1 and fused_enabled() and fused_available()):
         wide = [t for t in (x2, g2) if t.shape[1] % 16 == 0]
         if wide:
             b = max(wide, key=lambda t: t.shape[1])
@@ -174,7 +157,7 @@ def token_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     k, n = x.shape[-1], weight.shape[0]
     m = x.numel() // k if k else 0
     if (m < _ONEDNN_MIN_ROWS or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
-            or not x.is_contiguous() or not torch.backends.mkldnn.is_available() or not compiled_products()):
+            or not x.is_contiguous() or not torch.backends.mkldnn.is_available()):
         return torch.mm(x.reshape(m, k), weight.t()).view(*x.shape[:-1], n)
     rows = x.detach().as_strided((1, k, m, 1, 1), (m * k, 1, k, k, k))  # channels-last: the rows as they lie
     with torch.profiler.record_function(TOKEN_MATMUL):  # a profile counts it as a product, not a convolution

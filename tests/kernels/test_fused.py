@@ -311,21 +311,3 @@ def test_weight_grad_takes_the_kernel_where_a_side_is_16_wide(o, i, monkeypatch)
     monkeypatch.setattr(fused, "_TN_MIN_ROWS", 1 << 62)
     torch.testing.assert_close(fused.weight_grad(g, x).double(), want, rtol=1e-5, atol=1e-3)
     assert not calls
-
-
-def test_products_setting_sends_products_to_torch_mm_and_rejects_unknown_values(monkeypatch):
-    """MEDMAMBA_PRODUCTS=mkl: the token products and weight gradients on torch.mm (same values); a typo is an
-    error, not a silent default."""
-    calls = []
-    conv = torch.mkldnn_convolution
-    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or conv(*a))
-    x, w = torch.randn(5000, 32), torch.randn(64, 32)
-    want = fused.token_matmul(x, w)
-    assert calls or not torch.backends.mkldnn.is_available()
-    calls.clear()
-    monkeypatch.setenv("MEDMAMBA_PRODUCTS", "mkl")
-    torch.testing.assert_close(fused.token_matmul(x, w), want, rtol=1e-5, atol=1e-4)
-    assert not calls
-    monkeypatch.setenv("MEDMAMBA_PRODUCTS", "mlk")
-    with pytest.raises(ValueError, match="MEDMAMBA_PRODUCTS=mlk"):
-        fused.token_matmul(x, w)
