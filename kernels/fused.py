@@ -112,28 +112,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return causal_conv1d_ref(x, weight, bias, silu)
 
 
-#: Fewer token rows than this go to MKL in weight_grad (the compiled kernel's threads split the rows).
-_TN_MIN_ROWS = 4096
-
-
 def weight_grad(g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """g2^T @ x2 (an (m, n) weight gradient reduced over many tokens): the compiled kernel or MKL's faster
-    orientation.
+    """g2^T @ x2 (an (m, n) weight gradient reduced over many tokens), in the faster GEMM orientation.
 
-    Why: MKL's sgemm summed these over LightM-UNet's 179,200 tokens at 35-45 GFLOP/s per core; the compiled
-    `tn_matmul` (csrc/fused_ops.cpp) keeps blocks of the result in registers while the rows stream by: 0.55-0.65x
-    MKL's time at 2 threads where one side's width is a multiple of 16 (docs/benchmarks.md, "Session 15"),
-    which it then takes as the vector side. Otherwise MKL, with the smaller side as the rows: with m >> n (e.g.
-    dt_proj: 64 x 2) its g^T @ x took 166 ms where (x^T @ g)^T took 12 ms (1 thread).
+    With m >> n (e.g. dt_proj: 64 x 2 over 179,200 tokens) MKL's g^T @ x took 166 ms where (x^T @ g)^T took
+    12 ms (1 thread): the product is cheapest with the smaller side as its rows.
     """
-    if (len({g2.dtype, x2.dtype, torch.float32}) == 1 and g2.device.type == "cpu" and g2.shape[0] >= _TN_MIN_ROWS
-            and g2.stride(-1) == 1 and x2.stride(-1) == 1 and fused_enabled() and fused_available()):
-        wide = [t for t in (x2, g2) if t.shape[1] % 16 == 0]
-        if wide:
-            b = max(wide, key=lambda t: t.shape[1])
-            if b is x2:
-                return load_fused().tn_matmul(g2, x2)
-            return load_fused().tn_matmul(x2, g2).t()
     if x2.shape[1] < g2.shape[1]:
         return torch.mm(x2.t(), g2).t()
     return torch.mm(g2.t(), x2)

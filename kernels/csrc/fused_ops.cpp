@@ -506,78 +506,6 @@ torch::Tensor route_gather_sum(torch::Tensor g, torch::Tensor index) {
 
 }  // namespace
 
-// Weight gradients of token products: C (p, q) = A^T B for token rows A (m, p) and B (m, q), a sum over many
-// rows (m ~ 10^5) into a small matrix. MKL's sgemm ran these at 35-45 GFLOP/s per core; here each thread sums
-// its range of rows into its own C (added at the end), kTile rows at a time: per tile, every kI x kJ block of C
-// sits in registers (kI * kJ / lanes accumulators) while the tile's rows stream through (B's tile stays in L1/L2
-// across C's row blocks). Per row and block: kJ / lanes loads of B, kI broadcasts of A, kI * kJ / lanes FMAs.
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#else
-constexpr int kLanes = 8;
-#endif
-constexpr int kI = 4, kJ = 4 * kLanes, kTile = 128;
-
-template <int NI, int NJ>  // a block of NI rows and NJ columns of C, accumulated over `rows` rows of A and B
-inline void tn_block(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t rows, float* C, int64_t ldc) {
-  float acc[NI][NJ] = {};  // the tile's sums, added to C after it: two-level sums, not one running sum of ~10^5
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* a = A + r * lda;
-    const float* b = B + r * ldb;
-#pragma GCC unroll 4
-    for (int i = 0; i < NI; ++i) {
-      const float ai = a[i];
-#pragma omp simd
-      for (int j = 0; j < NJ; ++j) acc[i][j] += ai * b[j];
-    }
-  }
-  for (int i = 0; i < NI; ++i)
-#pragma omp simd
-    for (int j = 0; j < NJ; ++j) C[i * ldc + j] += acc[i][j];
-}
-
-// Columns not covered by whole kJ / lanes blocks: a plain loop (q is rarely not a multiple of the lanes).
-inline void tn_rest(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t rows, int ni, int nj, float* C,
-                    int64_t ldc) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int i = 0; i < ni; ++i) {
-      const float ai = A[r * lda + i];
-      for (int j = 0; j < nj; ++j) C[i * ldc + j] += ai * B[r * ldb + j];
-    }
-}
-
-template <int NI>
-void tn_rows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t rows, int64_t q, float* C, int64_t ldc) {
-  int64_t j = 0;
-  for (; j + kJ <= q; j += kJ) tn_block<NI, kJ>(A, lda, B + j, ldb, rows, C + j, ldc);
-  for (; j + kLanes <= q; j += kLanes) tn_block<NI, kLanes>(A, lda, B + j, ldb, rows, C + j, ldc);
-  if (j < q) tn_rest(A, lda, B + j, ldb, rows, NI, static_cast<int>(q - j), C + j, ldc);
-}
-
-torch::Tensor tn_matmul(torch::Tensor a, torch::Tensor b) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "A (m, p) and B (m, q) expected");
-  TORCH_CHECK(a.scalar_type() == torch::kFloat32 && b.scalar_type() == torch::kFloat32, "float32 expected");
-  TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1, "rows of A and B must be contiguous");
-  const int64_t m = a.size(0), p = a.size(1), q = b.size(1), lda = a.stride(0), ldb = b.stride(0);
-  const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), m / kTile)));
-  auto parts = torch::zeros({nt, p, q}, a.options());
-  float* pc = parts.data_ptr<float>();
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
-    float* c = pc + t * p * q;
-    for (int64_t r0 = m * t / nt, hi = m * (t + 1) / nt; r0 < hi; r0 += kTile) {
-      const int64_t rows = std::min<int64_t>(kTile, hi - r0);
-      const float *ta = pa + r0 * lda, *tb = pb + r0 * ldb;
-      int64_t i = 0;
-      for (; i + kI <= p; i += kI) tn_rows<kI>(ta + i, lda, tb, ldb, rows, q, c + i * q, q);
-      for (; i < p; ++i) tn_rows<1>(ta + i, lda, tb, ldb, rows, q, c + i * q, q);
-    }
-  }
-  return nt == 1 ? parts[0] : parts.sum(0);
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_conv_fwd", &causal_conv_fwd, "causal depthwise conv1d (+SiLU) on token-major (b, l, d), CPU");
   m.def("causal_conv_bwd", &causal_conv_bwd, "its backward: dx, dweight, dbias (pre-activation recomputed)");
@@ -586,6 +514,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("upsample_trilinear_fwd", &upsample_trilinear_fwd, "trilinear resize, align_corners=False, contiguous 5D");
   m.def("upsample_trilinear_bwd", &upsample_trilinear_bwd, "its backward: the input gradient");
   m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)");
-  m.def("tn_matmul", &tn_matmul, "A^T B for token rows A (m, p), B (m, q): a weight gradient (CPU, float32)");
   m.def("route_gather_sum", &route_gather_sum, "sum_k g[b,k,c,index[k,i]]: adjoint of reading along K routes");
 }

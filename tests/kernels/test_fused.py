@@ -109,7 +109,6 @@ def test_linear_matches_float64(m, n, gemm_path):
     ref = run(torch.nn.functional.linear, torch.float64)
     for a, r in zip(run(fused.linear, torch.float32), ref, strict=True):
         torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
-    assert ("tn_matmul" in gemm_path) == ("onednn" in gemm_path)  # a 16-wide side in both shapes
     assert torch.autograd.gradcheck(fused.linear, [t[..., :3, :].clone().requires_grad_() if t.dim() == 3 else
                                                    t.clone().requires_grad_() for t in (x, w, bs)])
 
@@ -270,44 +269,3 @@ def test_layout_ops_fall_back_without_fused(monkeypatch):
     assert "MaxPool3D" in type(fused.max_pool3d(x, (2, 2, 2)).grad_fn).__name__
     assert "UpsampleTrilinear3D" in type(fused.upsample_trilinear(x, (8, 8, 8)).grad_fn).__name__
     assert not fused.linear_channels(torch.randn(1, 5, 3), torch.randn(4, 3)).is_contiguous()
-
-
-@pytest.mark.parametrize("m,p,q,strided", [(300, 32, 64, False), (129, 34, 64, True), (700, 5, 19, False),
-                                           (3, 16, 16, False), (1, 4, 33, True)])
-def test_tn_matmul_matches_float64(m, p, q, strided):
-    """The weight-gradient kernel: whole register blocks, partial ones (p, q off the block sizes), rows shorter
-    than a tile, strided rows; one and two threads (the per-thread sums merged)."""
-    gen = torch.Generator().manual_seed(m + p + q)
-    a = torch.randn(m, 2 * p if strided else p, generator=gen)[:, :p]
-    b = torch.randn(m, q + 3 if strided else q, generator=gen)[:, :q]
-    want = a.double().t() @ b.double()
-    ext = fused.load_fused()
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            got = ext.tn_matmul(a, b)
-            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * m**0.5)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("o,i", [(64, 32), (32, 64), (34, 64), (64, 34), (3, 5)])
-def test_weight_grad_takes_the_kernel_where_a_side_is_16_wide(o, i, monkeypatch):
-    """weight_grad(g, x) = g^T x on either path; the compiled kernel runs where a side's width is a multiple of 16
-    and there are enough rows, MKL otherwise (a mutation of the orientation choice fails the values)."""
-    gen = torch.Generator().manual_seed(o * i)
-    g, x = torch.randn(5000, o, generator=gen), torch.randn(5000, i, generator=gen)
-    want = g.double().t() @ x.double()
-    ext = fused.load_fused()
-    calls = []
-    monkeypatch.setattr(fused, "load_fused", lambda: type("E", (), {
-        "tn_matmul": staticmethod(lambda a, b: calls.append(1) or ext.tn_matmul(a, b))}))
-    got = fused.weight_grad(g, x)
-    assert got.shape == (o, i)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-3)
-    assert bool(calls) == (o % 16 == 0 or i % 16 == 0)
-    calls.clear()
-    monkeypatch.setattr(fused, "_TN_MIN_ROWS", 1 << 62)
-    torch.testing.assert_close(fused.weight_grad(g, x).double(), want, rtol=1e-5, atol=1e-3)
-    assert not calls

@@ -171,8 +171,6 @@ def test_mamba_inner_matches_composed_ops_and_float64(d_model, n, r, length, mon
     for k in ("x", *INNER):
         assert _rel(grads[k], composed_grads[k]) < 1e-5, k
         assert _rel(grads[k], oracle_grads[k]) < 1e-4, k
-    if gemm_path and d_model == 24:  # d_inner 48: the weight gradients with a 16-wide side took the kernel
-        assert "tn_matmul" in gemm_path
 
 
 def test_mamba_inner_recompute_in_proj_gives_the_same_gradients_and_keeps_less():
