@@ -123,7 +123,6 @@ def weight_grad(g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return torch.mm(g2.t(), x2)
 
 
-TOKEN_MATMUL = "medmamba::token_matmul"  # profiler label of the oneDNN products
 #: Fewer token rows than this go to MKL: below it oneDNN's per-call setup eats its gain.
 _ONEDNN_MIN_ROWS = 4096
 
@@ -144,9 +143,8 @@ def token_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             or not x.is_contiguous() or not torch.backends.mkldnn.is_available()):
         return torch.mm(x.reshape(m, k), weight.t()).view(*x.shape[:-1], n)
     rows = x.detach().as_strided((1, k, m, 1, 1), (m * k, 1, k, k, k))  # channels-last: the rows as they lie
-    with torch.profiler.record_function(TOKEN_MATMUL):  # a profile counts it as a product, not a convolution
-        y = torch.mkldnn_convolution(rows, weight.detach().contiguous()[:, :, None, None, None], None, (0, 0, 0),
-                                     (1, 1, 1), (1, 1, 1), 1)
+    y = torch.mkldnn_convolution(rows, weight.detach().contiguous()[:, :, None, None, None], None, (0, 0, 0),
+                                 (1, 1, 1), (1, 1, 1), 1)
     return y.permute(0, 2, 3, 4, 1).reshape(*x.shape[:-1], n)  # a view when oneDNN kept channels-last
 
 

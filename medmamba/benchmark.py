@@ -350,8 +350,7 @@ OP_FAMILIES: tuple[tuple[str, str], ...] = (
     ("scan bwd", r"medmamba::scan_bwd|_compiledscanbackward"),
     ("causal conv1d (fused)", r"medmamba::causal_conv"),
     ("route gather/scatter", r"medmamba::route|aten::index|aten::gather|aten::scatter|indexbackward|index_put"),
-    ("mm (linear/matmul)", r"aten::(mm|addmm|bmm|baddbmm|matmul|linear|einsum|_mkl|mkldnn_linear)|"
-                           r"medmamba::token_matmul"),
+    ("mm (linear/matmul)", r"aten::(mm|addmm|bmm|baddbmm|matmul|linear|einsum|_mkl|mkldnn_linear)"),
     ("conv3d", r"convolution|conv3d|conv_depthwise|slow_conv|mkldnn_conv"),
     ("mul", r"aten::mul_?$|mulbackward"),
     ("add/sub", r"aten::(add|sub|rsub|addcmul|addcdiv)_?$|addbackward|subbackward"),
@@ -422,8 +421,6 @@ def profile_one(network: str, preprocessed_dir: Path, threads: int | None = None
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from medmamba.kernels.fused import TOKEN_MATMUL
-
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -447,19 +444,14 @@ def profile_one(network: str, preprocessed_dir: Path, threads: int | None = None
             step()
         wall = (time.perf_counter() - t0) / steps
     families: dict[str, dict[str, Any]] = {}
-    for ev in prof.events():
-        fam = op_family(ev.name)
-        if ev.name.startswith("aten::mkldnn_convolution") and ev.cpu_parent is not None \
-                and ev.cpu_parent.name == TOKEN_MATMUL:  # token products run as 1x1x1 oneDNN convolutions
-            fam = op_family("aten::mm")
+    for ev in prof.key_averages():
+        fam = op_family(ev.key)
         row = families.setdefault(fam, {"self_ms": 0.0, "calls": 0, "top": {}})
         ms = ev.self_cpu_time_total / 1000 / steps
         row["self_ms"] += ms
-        row["calls"] += 1
-        key = ev.name.replace("autograd::engine::evaluate_function: ", "")
+        row["calls"] += ev.count // steps
+        key = ev.key.replace("autograd::engine::evaluate_function: ", "")
         row["top"][key] = row["top"].get(key, 0.0) + ms
-    for row in families.values():
-        row["calls"] //= steps
     total = sum(r["self_ms"] for r in families.values()) or 1.0
     rows = []
     for fam, r in sorted(families.items(), key=lambda kv: -kv[1]["self_ms"]):

@@ -67,22 +67,6 @@ def test_memory_profile_attributes_a_training_steps_activations_to_modules(tiny_
     assert sum(r["MiB"] for r in res["modules"]) == pytest.approx(res["saved_MiB"])
 
 
-@pytest.mark.slow
-def test_train_profile_counts_the_onednn_token_products_as_products(tiny_workspace):
-    """The Mamba mixers' token products run as 1x1x1 oneDNN convolutions (`kernels.fused.token_matmul`): the
-    profile puts them with the products, not with the network's convolutions, and its rows add up."""
-    import torch
-
-    from medmamba.benchmark import profile_network
-
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch has no oneDNN")
-    res = profile_network(tiny_workspace.preprocessed / "Dataset500_Tiny", "lightm_unet", threads=1)
-    families = {r["family"]: r for r in res["families"]}
-    assert "aten::mkldnn_convolution" in families["mm (linear/matmul)"]["top_ops"]
-    assert sum(r["self_ms"] for r in res["families"]) == pytest.approx(res["profiled_ms"])
-
-
 def test_scan_flops_are_counted_where_the_scan_runs_inside_a_fused_op(monkeypatch):
     """The Mamba mixer runs its scan inside one compiled op (kernels/mamba_inner.py); the FLOP count must still
     see it: 9 per state update, plus the D skip (1) and the z gate (5) per channel and token."""
