@@ -123,72 +123,34 @@ def weight_grad(g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return torch.mm(g2.t(), x2)
 
 
-#: Fewer token rows than this go to MKL: below it oneDNN's per-call setup eats its gain.
-_ONEDNN_MIN_ROWS = 4096
-
-
-def token_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight^T for token rows x (..., k) and weight (n, k): (..., n), contiguous. No autograd (for the
-    forward and backward of the ops here).
-
-    Why: the mixers' products have many rows and few columns (k, n = 32-128); MKL's sgemm ran them at 30-50
-    GFLOP/s per core on this AVX-512 EPYC. oneDNN's kernels, reached as a 1x1x1 convolution over a channels-last
-    view of the rows (no copy), run the full-resolution ones in ~0.5-0.65x MKL's time, in a real training step
-    (docs/benchmarks.md, "Session 15"). Same sums in another order. Few rows (slower there), other dtypes or
-    devices, strided rows, or no oneDNN: torch.mm.
-    """
-    k, n = x.shape[-1], weight.shape[0]
-    m = x.numel() // k if k else 0
-    if (m < _ONEDNN_MIN_ROWS or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
-            or not x.is_contiguous() or not torch.backends.mkldnn.is_available()):
-        return torch.mm(x.reshape(m, k), weight.t()).view(*x.shape[:-1], n)
-    rows = x.detach().as_strided((1, k, m, 1, 1), (m * k, 1, k, k, k))  # channels-last: the rows as they lie
-    y = torch.mkldnn_convolution(rows, weight.detach().contiguous()[:, :, None, None, None], None, (0, 0, 0),
-                                 (1, 1, 1), (1, 1, 1), 1)
-    return y.permute(0, 2, 3, 4, 1).reshape(*x.shape[:-1], n)  # a view when oneDNN kept channels-last
-
-
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _linear_forward(x, weight, bias)
+        return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         g2 = g.reshape(-1, g.shape[-1])
-        dx = token_matmul(g2, weight.t()).view(x.shape) if ctx.needs_input_grad[0] else None
+        dx = (g2 @ weight).view(x.shape) if ctx.needs_input_grad[0] else None
         dw = weight_grad(g2, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 
-def _cpu_products(x: torch.Tensor) -> bool:
-    """Whether the Linear ops here take over from F.linear: CPU, no autocast, MEDMAMBA_FUSED not 0."""
-    return fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-
-
-def _linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    y = token_matmul(x, weight)
-    return y if bias is None else y.add_(bias)
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` on `token_matmul`, whose weight gradient takes the faster GEMM orientation (see `weight_grad`);
-    CPU only (elsewhere, under autocast or with MEDMAMBA_FUSED=0: F.linear)."""
-    if not _cpu_products(x):
-        return F.linear(x, weight, bias)
-    if torch.is_grad_enabled():
+    """`F.linear` whose weight gradient takes the faster GEMM orientation (see `weight_grad`); CPU only."""
+    if fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
         return _Linear.apply(x, weight, bias)
-    return _linear_forward(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class _SplitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, sizes):
-        y = _linear_forward(x, weight, bias)
+        y = F.linear(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.sizes, ctx.has_bias = sizes, bias is not None
         return tuple(y.split(sizes, dim=-1))
@@ -212,8 +174,7 @@ class _SplitLinear(torch.autograd.Function):
                 continue
             g2 = g.reshape(-1, size)
             if need_x:
-                part = token_matmul(g2, weight[rows].t())
-                dx = part if dx is None else dx.add_(part)
+                dx = g2 @ weight[rows] if dx is None else dx.addmm_(g2, weight[rows])
             if need_w:
                 dw[rows] = weight_grad(g2, x2)
             if need_b:
@@ -229,14 +190,12 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  sizes: list[int]) -> tuple[torch.Tensor, ...]:
     """`F.linear(x, weight, bias).split(sizes, -1)` whose backward needs no cat of the parts' gradients.
 
-    Forward: one product (`token_matmul`; the parts are views of its output, as with `.chunk`). Backward: per
-    part one product for dx (summed) and one GEMM for its rows of dweight, written in place.
+    Forward: one GEMM (the parts are views of its output, as with `.chunk`). Backward: per part one GEMM
+    for dx (accumulated with addmm) and one for its rows of dweight, written in place.
     """
-    if not _cpu_products(x):
-        return tuple(F.linear(x, weight, bias).split(list(sizes), dim=-1))
-    if torch.is_grad_enabled():
+    if fused_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
         return _SplitLinear.apply(x, weight, bias, list(sizes))
-    return tuple(_linear_forward(x, weight, bias).split(list(sizes), dim=-1))
+    return tuple(F.linear(x, weight, bias).split(list(sizes), dim=-1))
 
 
 class _LinearChannels(torch.autograd.Function):

@@ -22,16 +22,7 @@ import torch.nn.functional as F
 
 from .backends import selective_scan
 from .cpu import load_extension
-from .fused import (
-    causal_conv1d,
-    causal_conv1d_ref,
-    compiled_op_path,
-    linear,
-    load_fused,
-    split_linear,
-    token_matmul,
-    training_call,
-)
+from .fused import causal_conv1d, causal_conv1d_ref, compiled_op_path, linear, load_fused, split_linear, training_call
 from .fused import weight_grad as _wgrad
 
 _NO_BIAS = torch.empty(0)
@@ -45,7 +36,7 @@ def _t(x: torch.Tensor) -> torch.Tensor:
 def _project(uc: torch.Tensor, x_w: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, ...]:
     """x_proj: (b, l, di) -> dt (b, l, r), B and C (b, l, N), each its own storage: dt for the rank-r products,
     B/C rows of N contiguous floats for the scan."""
-    dbc = token_matmul(uc, x_w)  # (b, l, r + 2N)
+    dbc = F.linear(uc, x_w)  # (b, l, r + 2N)
     return dbc[..., :r].contiguous(), dbc[..., r:r + n].contiguous(), dbc[..., r + n:].contiguous()
 
 
@@ -55,7 +46,7 @@ class _MambaInner(torch.autograd.Function):
         conv, scan = load_fused(), load_extension()
         di, r = dt_w.shape
         n = A.shape[1]
-        xz = token_matmul(x, in_w)  # (b, l, 2 di)
+        xz = F.linear(x, in_w)  # (b, l, 2 di)
         u, z = xz[..., :di], xz[..., di:]
         uc = conv.causal_conv_fwd(u, conv_w, conv_b, True)
         dt, B, C = _project(uc, x_w, r, n)
@@ -63,7 +54,7 @@ class _MambaInner(torch.autograd.Function):
         y, _, ckpt = scan.scan_fwd(_t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True,
                                    training, dt_w)  # chunk states only when a backward will follow
         del uc
-        out = token_matmul(_t(y), out_w)
+        out = F.linear(_t(y), out_w)
         kept = (xz, dt, B, C) if keep_xz else (_NO_BIAS,) * 4  # recompute_in_proj: x alone
         ctx.save_for_backward(x, *kept, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w)
         return out
@@ -73,7 +64,7 @@ class _MambaInner(torch.autograd.Function):
         x, xz, dt, B, C, ckpt, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w = ctx.saved_tensors
         recompute = not xz.numel()  # recompute_in_proj: one GEMM instead of keeping 4 d_model floats per token
         if recompute:
-            xz = token_matmul(x, in_w)
+            xz = F.linear(x, in_w)
         conv, scan = load_fused(), load_extension()
         di, r = dt_w.shape
         n = A.shape[1]
@@ -82,7 +73,7 @@ class _MambaInner(torch.autograd.Function):
         if recompute:  # and x_proj's small product too
             dt, B, C = _project(uc, x_w, r, n)
         dout2 = dout.reshape(-1, dout.shape[-1])
-        dy = token_matmul(dout2, out_w.t()).view(*dout.shape[:-1], di)
+        dy = (dout2 @ out_w).view(*dout.shape[:-1], di)
         duc, _, dA, dB, dC, dD, dz, ddt_b, y, ddt, d_dt_w = scan.scan_bwd(
             _t(uc), _t(dt), A, _t(B)[:, None], _t(C)[:, None], D, _t(z), dt_b, True, ckpt, _t(dy), True, dt_w)
         del dy
@@ -97,7 +88,7 @@ class _MambaInner(torch.autograd.Function):
         uc2 = uc.reshape(-1, di)
         d_x_w = _wgrad(ddbc2, uc2)
         del uc, uc2
-        duc.view(-1, di).add_(token_matmul(ddbc2, x_w.t()))
+        duc.view(-1, di).addmm_(ddbc2, x_w)
         du, d_conv_w, d_conv_b = conv.causal_conv_bwd(u, conv_w, conv_b, duc, True)
         del duc
         x2 = x.reshape(-1, x.shape[-1])

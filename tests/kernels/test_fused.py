@@ -63,7 +63,7 @@ def test_causal_conv_uses_compiled_kernel_for_fp32():
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("use", [(True, True), (True, False), (False, True)])
-def test_split_linear_matches_float64(bias, use, gemm_path):
+def test_split_linear_matches_float64(bias, use):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 37, 12, generator=gen, dtype=torch.float64)
     w = torch.randn(20, 12, generator=gen, dtype=torch.float64)
@@ -94,7 +94,7 @@ def test_split_linear_gradcheck():
 
 
 @pytest.mark.parametrize("m,n", [(64, 2), (8, 32)])  # both GEMM orientations of the weight gradient
-def test_linear_matches_float64(m, n, gemm_path):
+def test_linear_matches_float64(m, n):
     gen = torch.Generator().manual_seed(m)
     x = torch.randn(2, 50, n, generator=gen, dtype=torch.float64)
     w = torch.randn(m, n, generator=gen, dtype=torch.float64)
@@ -111,26 +111,6 @@ def test_linear_matches_float64(m, n, gemm_path):
         torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
     assert torch.autograd.gradcheck(fused.linear, [t[..., :3, :].clone().requires_grad_() if t.dim() == 3 else
                                                    t.clone().requires_grad_() for t in (x, w, bs)])
-
-
-@pytest.mark.parametrize("shape,n,strided", [((2, 700, 24), 40, False), ((3000, 64), 34, False),
-                                             ((2, 700, 24), 40, True), ((5, 7), 3, False)])
-def test_token_matmul_matches_float64(shape, n, strided, monkeypatch):
-    """x @ w^T at the default row threshold: oneDNN above it (1,400 and 3,000 rows), torch.mm for strided rows and
-    few rows; same values either way, the output's shape and layout as torch's."""
-    gen = torch.Generator().manual_seed(n)
-    base = torch.randn(*shape[:-1], 2 * shape[-1] if strided else shape[-1], generator=gen, dtype=torch.float64)
-    x32 = base.float()[..., ::2] if strided else base.float()
-    x = x32.double()
-    w = torch.randn(n, shape[-1], generator=gen, dtype=torch.float64)
-    calls = []
-    conv = torch.mkldnn_convolution
-    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or conv(*a))
-    got = fused.token_matmul(x32, w.float())
-    assert got.shape == (*shape[:-1], n) and got.is_contiguous()
-    torch.testing.assert_close(got.double(), x @ w.t(), rtol=1e-5, atol=1e-5 * shape[-1])
-    rows = x.numel() // shape[-1]
-    assert bool(calls) == (rows >= fused._ONEDNN_MIN_ROWS and not strided and torch.backends.mkldnn.is_available())
 
 
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 5)])

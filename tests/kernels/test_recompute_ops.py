@@ -159,7 +159,7 @@ def _run_inner(x, params, w, backend: str, dtype: torch.dtype):
 
 
 @pytest.mark.parametrize("d_model,n,r,length", [(24, 16, 2, 150), (5, 8, 1, 70), (12, 5, 3, 64)])
-def test_mamba_inner_matches_composed_ops_and_float64(d_model, n, r, length, monkeypatch, gemm_path):
+def test_mamba_inner_matches_composed_ops_and_float64(d_model, n, r, length, monkeypatch):
     problem = _inner_problem(d_model, n, r, length)
     out, grads = _run_inner(*problem, backend="cpu", dtype=torch.float32)
     assert type(out.grad_fn).__name__ == "_MambaInnerBackward"

@@ -15,7 +15,6 @@ from medmamba.kernels.fused import (
     causal_conv1d,
     causal_conv1d_ref,
     depthwise_conv3d,
-    linear,
     linear_channels,
     max_pool3d,
     training_call,
@@ -37,14 +36,6 @@ class DepthwiseConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depthwise_conv3d(x, self.weight, self.bias)
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state_dict keys) on `medmamba.kernels.fused.linear`: on the CPU its products
-    over many tokens run on oneDNN's GEMM kernels, several times faster than MKL's for these narrow shapes."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
 
 
 class DWSepConv3d(nn.Sequential):

@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmamba.kernels.fused import split_linear
-
-from .common import DepthwiseConv3d, Linear, norm_gate, recomputed
+from .common import DepthwiseConv3d, norm_gate, recomputed
 from .ss3d import RouteScan
 
 # 3D analogues of MHS-VM's 2D families (snake, diagonal zigzag, spiral, raster), each with its partner
@@ -52,12 +50,12 @@ class MultiHeadScan(nn.Module):
             raise ValueError(f"channels {d_model} not divisible by {heads} heads")
         self.heads, self.threshold = heads, sra_threshold
         width = d_model // heads
-        self.split = Linear(d_model, heads * width, bias=False)
+        self.split = nn.Linear(d_model, heads * width, bias=False)
         self.scans = nn.ModuleList(
             RouteScan(width, (a, b, a + "_rev", b + "_rev"), d_state, scan_backend=scan_backend)
             for a, b in (FAMILIES[i % len(FAMILIES)] for i in range(heads)))
         self.norm = nn.LayerNorm(heads * width)
-        self.merge = Linear(heads * width, d_model, bias=False)
+        self.merge = nn.Linear(heads * width, d_model, bias=False)
 
     def route_attention(self, y: torch.Tensor) -> torch.Tensor:
         """Scan Route Attention of one head; in training its ~20 element-wise steps are recomputed in the
@@ -82,14 +80,13 @@ class MHSBlock(nn.Module):
     def __init__(self, dim: int, heads: int = 4, d_state: int = 16, sra_threshold: float = 0.5,
                  scan_backend: str = "auto"):
         super().__init__()
-        self.in_proj = Linear(dim, 2 * dim, bias=False)
+        self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
         self.conv = DepthwiseConv3d(dim, 3)
         self.mhs = MultiHeadScan(dim, heads, d_state, sra_threshold, scan_backend)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, D, H, W, c) channels-last."""
-        dim = self.in_proj.in_features
-        u, z = split_linear(x, self.in_proj.weight, None, [dim, dim])  # backward: no cat of the halves
+        u, z = self.in_proj(x).chunk(2, dim=-1)
         y = self.mhs(F.silu(self.conv(u.permute(0, 4, 1, 2, 3))))
         return norm_gate(self.norm, y.permute(0, 2, 3, 4, 1), z)

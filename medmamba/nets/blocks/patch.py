@@ -11,8 +11,6 @@ import math
 import torch
 from torch import nn
 
-from .common import Linear
-
 
 class PatchMerging3D(nn.Module):
     """Gather each stride-sized block of voxels into channels -> LN -> Linear (8C -> 2C for 2x2x2)."""
@@ -22,7 +20,7 @@ class PatchMerging3D(nn.Module):
         self.s = tuple(int(v) for v in stride)
         p = math.prod(self.s)
         self.norm = nn.LayerNorm(p * c_in)
-        self.reduce = Linear(p * c_in, c_out, bias=False)
+        self.reduce = nn.Linear(p * c_in, c_out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, D, H, W, c = x.shape
@@ -38,7 +36,7 @@ class PatchExpand3D(nn.Module):
         super().__init__()
         self.s = tuple(int(v) for v in stride)
         self.c_out = c_out
-        self.expand = Linear(c_in, math.prod(self.s) * c_out, bias=False)
+        self.expand = nn.Linear(c_in, math.prod(self.s) * c_out, bias=False)
         self.norm = nn.LayerNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

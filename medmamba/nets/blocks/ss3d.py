@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import build_routes
-from medmamba.kernels.fused import split_linear
 from medmamba.kernels.route_ops import inverse_routes
 from medmamba.kernels.routed_scan import routed_selective_scan
 
-from .common import DepthwiseConv3d, Linear, norm_gate
+from .common import DepthwiseConv3d, norm_gate
 from .mamba import a_log_init, dt_bias_init, init_dt_weight_
 
 DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
@@ -70,16 +69,15 @@ class SS3D(nn.Module):
         d_inner = int(expand * d_model)
         # as SS2D: the delta rank follows the block's model width (ceil(d_model/16)), not the inner width
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.in_proj = Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv = DepthwiseConv3d(d_inner, d_conv)
         self.scan = RouteScan(d_inner, tuple(routes), d_state, dt_rank, scan_backend=scan_backend)
         self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = Linear(d_inner, d_model, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, D, H, W, c) channels-last."""
-        d_inner = self.out_proj.in_features
-        u, z = split_linear(x, self.in_proj.weight, None, [d_inner, d_inner])  # backward: no cat of the halves
+        u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(u.permute(0, 4, 1, 2, 3)))
         y = self.scan(u).sum(1)  # (b, c, l)
         return self.out_proj(norm_gate(self.out_norm, y.transpose(1, 2), z))

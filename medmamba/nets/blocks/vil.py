@@ -17,7 +17,7 @@ from torch import nn
 from medmamba.kernels import mlstm_chunkwise
 from medmamba.kernels.fused import split_linear
 
-from .common import Linear, block_call, causal_conv_silu, from_tokens, to_tokens
+from .common import block_call, causal_conv_silu, from_tokens, to_tokens
 
 
 class HeadwiseLinear(nn.Module):
@@ -50,8 +50,8 @@ class ViLBlock(nn.Module):
         self.conv_weight = nn.Parameter(torch.randn(inner, conv_kernel) * conv_kernel**-0.5)
         self.conv_bias = nn.Parameter(torch.zeros(inner))
         self.q_proj, self.k_proj, self.v_proj = (HeadwiseLinear(inner, qkv_block) for _ in range(3))
-        self.igate = Linear(3 * inner, heads)
-        self.fgate = Linear(3 * inner, heads)
+        self.igate = nn.Linear(3 * inner, heads)
+        self.fgate = nn.Linear(3 * inner, heads)
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, std=0.1)
         nn.init.zeros_(self.fgate.weight)
@@ -59,7 +59,7 @@ class ViLBlock(nn.Module):
             self.fgate.bias.copy_(torch.linspace(3.0, 6.0, heads))
         self.outnorm = nn.GroupNorm(heads, inner)
         self.skip = nn.Parameter(torch.ones(inner))
-        self.proj_down = Linear(inner, dim)
+        self.proj_down = nn.Linear(inner, dim)
 
     def mix(self, t: torch.Tensor) -> torch.Tensor:
         b, length, _ = t.shape
