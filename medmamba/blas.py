@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -104,6 +105,10 @@ def apply(env: Mapping[str, str] | None = None) -> str:
         return _STATUS
     if "torch" in sys.modules:
         _STATUS = "vendor (torch was imported before medmamba)"
+        # silent, this cost a session's measurements: scripts that imported torch first timed MKL at ~half speed
+        warnings.warn(f"torch was imported before medmamba, so MKL keeps its generic kernels on this CPU (its GEMMs "
+                      f"run up to ~2x slower); import medmamba first, or set {ENV}=vendor to silence this",
+                      RuntimeWarning, stacklevel=3)
         return _STATUS
     lib = build_shim()
     if lib is None:

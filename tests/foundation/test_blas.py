@@ -66,6 +66,18 @@ def test_a_process_that_imports_medmamba_first_gets_the_library(tmp_path):
     assert _run(late, tmp_path, **{blas.ENV: "cpuid"}) == "vendor (torch was imported before medmamba) False"
 
 
+def test_importing_torch_first_says_what_it_costs(tmp_path):
+    """A script that imports torch before medmamba silently ran MKL's generic kernels (GEMMs up to ~2x slower on
+    AMD): it gets a warning saying so, where the dispatch is wanted; medmamba first, or `vendor`, get none."""
+    def stderr(code: str, setting: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+                              check=True, timeout=300, env=_env(MEDMAMBA_KERNEL_CACHE=str(tmp_path / "cache"),
+                                                                **{blas.ENV: setting})).stderr
+    assert "torch was imported before medmamba" in stderr("import torch, medmamba", "cpuid")
+    assert "imported before" not in stderr("import medmamba, torch", "cpuid")
+    assert "imported before" not in stderr("import torch, medmamba", "vendor")
+
+
 def test_products_are_the_same_on_either_dispatch(tmp_path):
     """MKL's other code path changes the speed, not the result (up to float rounding): one product of
     LightM-UNet's shape computed under each setting in its own process."""
