@@ -13,7 +13,8 @@ CPU reports; results are MKL's usual ones up to float rounding (the whole test s
 
 MEDMAMBA_MKL_DISPATCH: `auto` (default: `cpuid` on AMD CPUs, MKL untouched elsewhere), `cpuid`, or `vendor`
 (MKL as shipped). It takes effect when medmamba is imported before torch (the `medmamba` command, its
-subprocesses, any script that imports medmamba first); `status()` says what this process got. The library is
+subprocesses, any script that imports medmamba first; one that imports torch first gets a RuntimeWarning where
+the dispatch was wanted); `status()` says what this process got. The library is
 compiled once with the system's C (or C++) compiler into the kernel cache (`build_ahead` does it at image build time,
 whatever the build host's vendor, for a read-only image); without it MKL stays as shipped.
 
