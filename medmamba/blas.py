@@ -13,7 +13,7 @@ CPU reports; results are MKL's usual ones up to float rounding (the whole test s
 
 MEDMAMBA_MKL_DISPATCH: `auto` (default: `cpuid` on AMD CPUs, MKL untouched elsewhere), `cpuid`, or `vendor`
 (MKL as shipped). It takes effect when medmamba is imported before torch (the `medmamba` command, its
-subprocesses, any script that imports medmamba first; one that imports torch first gets a RuntimeWarning where
+subprocesses, any script that imports medmamba first; one that imports torch first gets a logged warning where
 the dispatch was wanted); `status()` says what this process got. The library is
 compiled once with the system's C (or C++) compiler into the kernel cache (`build_ahead` does it at image build time,
 whatever the build host's vendor, for a read-only image); without it MKL stays as shipped.
@@ -24,11 +24,11 @@ Standard library only: this runs before torch is imported.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -106,10 +106,11 @@ def apply(env: Mapping[str, str] | None = None) -> str:
         return _STATUS
     if "torch" in sys.modules:
         _STATUS = "vendor (torch was imported before medmamba)"
-        # silent, this cost a session's measurements: scripts that imported torch first timed MKL at ~half speed
-        warnings.warn(f"torch was imported before medmamba, so MKL keeps its generic kernels on this CPU (its GEMMs "
-                      f"run up to ~2x slower); import medmamba first, or set {ENV}=vendor to silence this",
-                      RuntimeWarning, stacklevel=3)
+        # silent, this cost a session's measurements: scripts that imported torch first timed MKL at ~half speed.
+        # A log record, not warnings.warn: under -W error an advisory must not make `import medmamba` fail.
+        logging.getLogger("medmamba").warning(
+            "torch was imported before medmamba, so MKL keeps its generic kernels on this CPU (its GEMMs run up to "
+            "~2x slower); import medmamba first, or set %s=vendor to silence this", ENV)
         return _STATUS
     lib = build_shim()
     if lib is None:
