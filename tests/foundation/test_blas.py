@@ -68,12 +68,14 @@ def test_a_process_that_imports_medmamba_first_gets_the_library(tmp_path):
 
 def test_importing_torch_first_says_what_it_costs(tmp_path):
     """A script that imports torch before medmamba silently ran MKL's generic kernels (GEMMs up to ~2x slower on
-    AMD): it gets a warning saying so, where the dispatch is wanted; medmamba first, or `vendor`, get none."""
-    def stderr(code: str, setting: str) -> str:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8",
+    AMD): it gets a logged warning saying so, where the dispatch is wanted (and the import still works under
+    `-W error`); medmamba first, or `vendor`, get none."""
+    def stderr(code: str, setting: str, *flags: str) -> str:
+        return subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, encoding="utf-8",
                               check=True, timeout=300, env=_env(MEDMAMBA_KERNEL_CACHE=str(tmp_path / "cache"),
                                                                 **{blas.ENV: setting})).stderr
     assert "torch was imported before medmamba" in stderr("import torch, medmamba", "cpuid")
+    assert "torch was imported before medmamba" in stderr("import torch, medmamba", "cpuid", "-W", "error")
     assert "imported before" not in stderr("import medmamba, torch", "cpuid")
     assert "imported before" not in stderr("import torch, medmamba", "vendor")
 
