@@ -109,8 +109,8 @@ def apply(env: Mapping[str, str] | None = None) -> str:
         # silent, this cost a session's measurements: scripts that imported torch first timed MKL at ~half speed.
         # A log record, not warnings.warn: under -W error an advisory must not make `import medmamba` fail.
         logging.getLogger("medmamba").warning(
-            "torch was imported before medmamba, so MKL keeps its generic kernels on this CPU (its GEMMs run up to "
-            "~2x slower); import medmamba first, or set %s=vendor to silence this", ENV)
+            "medmamba: torch was imported before medmamba, so MKL keeps its generic kernels on this CPU (its GEMMs "
+            "run up to ~2x slower); import medmamba first, or set %s=vendor to silence this", ENV)
         return _STATUS
     lib = build_shim()
     if lib is None:
