@@ -242,6 +242,21 @@ def test_linear_channels_matches_float64(bias):
         torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
 
 
+@pytest.mark.parametrize("shape", [(2, 32, 6, 7, 8), (1, 17, 3, 5, 7), (3, 5, 1, 2, 3), (1, 8, 2, 2, 2)])
+def test_token_rows_transposes_both_ways(shape):
+    """Token rows equal to the PyTorch expression (8 x 8 tiles, cut tiles in channels and tokens); the gradient
+    comes back as a contiguous map equal to the transposed view autograd would give."""
+    x = torch.randn(*shape, requires_grad=True)
+    t = fused.token_rows(x)
+    assert type(t.grad_fn).__name__ == "_TokenRowsBackward"
+    assert t.is_contiguous() and torch.equal(t, x.detach().flatten(2).transpose(1, 2))
+    g = torch.randn_like(t)
+    t.backward(g)
+    assert x.grad.is_contiguous() and torch.equal(x.grad, g.transpose(1, 2).reshape(shape))
+    with torch.no_grad():  # no autograd node, same rows
+        assert torch.equal(fused.token_rows(x), t)
+
+
 def test_layout_ops_fall_back_without_fused(monkeypatch):
     """MEDMAMBA_FUSED=0 runs PyTorch's own ops (the previous formulation), for before/after in one run."""
     monkeypatch.setenv("MEDMAMBA_FUSED", "0")
@@ -249,3 +264,4 @@ def test_layout_ops_fall_back_without_fused(monkeypatch):
     assert "MaxPool3D" in type(fused.max_pool3d(x, (2, 2, 2)).grad_fn).__name__
     assert "UpsampleTrilinear3D" in type(fused.upsample_trilinear(x, (8, 8, 8)).grad_fn).__name__
     assert not fused.linear_channels(torch.randn(1, 5, 3), torch.randn(4, 3)).is_contiguous()
+    assert "Clone" in type(fused.token_rows(x).grad_fn).__name__

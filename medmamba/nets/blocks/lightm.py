@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DWSepConv3d, block_call, group_norm, linear_to_channels, to_tokens
+from medmamba.kernels.fused import token_rows
+
+from .common import DWSepConv3d, block_call, group_norm, linear_to_channels
 from .mamba import MambaMixer
 
 
@@ -32,9 +34,10 @@ class RVMLayer(nn.Module):
         return block_call(self._body, x)
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
-        # One transposing copy in (LayerNorm and the skip then run on contiguous tokens) and none out: the
-        # projection writes channel-major maps, which the GroupNorms, pools and convs around the layer want.
-        t = to_tokens(x).contiguous()
+        # One transposing copy in (LayerNorm and the skip then run on contiguous tokens; its gradient goes back
+        # as a contiguous map) and none out: the projection writes channel-major maps, which the GroupNorms,
+        # pools and convs around the layer want.
+        t = token_rows(x)
         y = self.mixer(self.norm(t)) + self.skip_scale * t
         return linear_to_channels(self.norm(y), self.proj, x.shape[2:])
 
