@@ -28,6 +28,7 @@ from .backends import SCAN, resolve
 from .cpu import MAX_DELTA_RANK, load_cached_extension, try_cached_extension
 
 FUSED = "fused_ops"  # csrc/fused_ops.cpp
+_EMPTY = torch.empty(0)
 
 
 def load_fused(verbose: bool = False) -> Any:
@@ -274,6 +275,50 @@ def token_rows(x: torch.Tensor) -> torch.Tensor:
             return _TokenRows.apply(x)
         return load_fused().transpose_rows(x.view(x.shape[0], x.shape[1], -1))
     return x.flatten(2).transpose(1, 2).contiguous()
+
+
+class _TokenNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, skip, scale):
+        s = float(scale) if skip.numel() else 0.0
+        out, mean, rstd = load_fused().token_norm_fwd(x, skip, s, weight, bias, eps)
+        ctx.s = s
+        ctx.save_for_backward(x, skip, weight, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, skip, weight, mean, rstd = ctx.saved_tensors
+        dx, dskip, ds, dw, db = load_fused().token_norm_bwd(g.contiguous(), x, skip, ctx.s, weight, mean, rstd)
+        has_skip = skip.numel() > 0
+        return dx, dw, db, None, dskip if has_skip else None, ds if has_skip else None
+
+
+def token_layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, skip: torch.Tensor | None = None,
+                     skip_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`norm(x + skip_scale * skip)` (or `norm(x)`) for token rows (..., c): a LayerNorm over the last axis,
+    with the RVM layer's scaled skip summed in.
+
+    Why: PyTorch's CPU LayerNorm takes ~3x its memory time on LightM-UNet's 32-channel rows, and the skip sum
+    as two ops (a scaled copy, then the sum) is two more full passes forward and three backward; the compiled
+    kernels (csrc/fused_ops.cpp) do each direction in one pass over the rows and recompute the sum in the
+    backward instead of keeping it. Other layouts, dtypes or devices, a norm without affine parameters, and
+    MEDMAMBA_FUSED=0, run the PyTorch expression.
+    """
+    if skip is not None and skip_scale is None:
+        raise ValueError("token_layer_norm: a skip needs its skip_scale")
+    weight, bias = norm.weight, norm.bias
+    extra = (skip, skip_scale) if skip is not None and skip_scale is not None else (_EMPTY, _EMPTY)
+    tensors = (x, *extra) + ((weight, bias) if weight is not None and bias is not None else ())
+    if (fused_enabled() and x.device.type == "cpu" and len(tensors) == 5 and len(norm.normalized_shape) == 1
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+            and (skip is None or (extra[0].shape == x.shape and extra[1].numel() == 1))
+            and not torch.is_autocast_enabled("cpu") and fused_available()):
+        if training_call(tensors):
+            return _TokenNorm.apply(x, weight, bias, norm.eps, *extra)
+        s = float(extra[1]) if skip is not None else 0.0
+        return load_fused().token_norm_fwd(x, extra[0], s, weight, bias, norm.eps)[0]
+    return norm(x) if skip is None or skip_scale is None else norm(x + skip_scale * skip)
 
 
 def _compiled_map_op(x: torch.Tensor) -> bool:

@@ -257,6 +257,38 @@ def test_token_rows_transposes_both_ways(shape):
         assert torch.equal(fused.token_rows(x), t)
 
 
+@pytest.mark.parametrize("c,skip", [(32, True), (32, False), (17, True), (256, False)])
+def test_token_layer_norm_matches_float64(c, skip):
+    """LN(x + s * skip) (or LN(x)) over token rows and every gradient (x, weight, bias, skip, s) as float64
+    autograd of PyTorch's LayerNorm; rows enough for several 64-row sums per thread."""
+    gen = torch.Generator().manual_seed(3)
+    shape = (2, 300, c)
+    vals = {k: torch.randn(*sh, generator=gen, dtype=torch.float64)
+            for k, sh in (("x", shape), ("skip", shape), ("w", (c,)), ("b", (c,)), ("s", (1,)), ("g", shape))}
+    vals["x"] = vals["x"] * 3 + 1  # rows with a mean and a spread to remove
+    names = ["x", "w", "b"] + (["skip", "s"] if skip else [])
+
+    def run(dtype, fn):
+        leaves = {k: vals[k].to(dtype).requires_grad_() for k in names}
+        norm = torch.nn.LayerNorm(c).to(dtype)
+        norm.weight, norm.bias = torch.nn.Parameter(leaves["w"]), torch.nn.Parameter(leaves["b"])
+        out = fn(leaves, norm)
+        return out, torch.autograd.grad(out, [norm.weight, norm.bias] + [leaves[k] for k in names if k not in "wb"],
+                                        vals["g"].to(dtype))
+
+    got, got_g = run(torch.float32, lambda v, n: fused.token_layer_norm(v["x"], n, v.get("skip"), v.get("s")))
+    want, want_g = run(torch.float64, lambda v, n: n(v["x"] + v["s"] * v["skip"]) if skip else n(v["x"]))
+    assert type(got.grad_fn).__name__ == "_TokenNormBackward"
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for a, r in zip(got_g, want_g, strict=True):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+    with torch.no_grad():  # inference: the forward kernel alone
+        v = {k: vals[k].float() for k in names}
+        norm = torch.nn.LayerNorm(c)
+        norm.weight.copy_(v["w"]), norm.bias.copy_(v["b"])
+        torch.testing.assert_close(fused.token_layer_norm(v["x"], norm, v.get("skip"), v.get("s")), got.detach())
+
+
 def test_layout_ops_fall_back_without_fused(monkeypatch):
     """MEDMAMBA_FUSED=0 runs PyTorch's own ops (the previous formulation), for before/after in one run."""
     monkeypatch.setenv("MEDMAMBA_FUSED", "0")
@@ -265,3 +297,6 @@ def test_layout_ops_fall_back_without_fused(monkeypatch):
     assert "UpsampleTrilinear3D" in type(fused.upsample_trilinear(x, (8, 8, 8)).grad_fn).__name__
     assert not fused.linear_channels(torch.randn(1, 5, 3), torch.randn(4, 3)).is_contiguous()
     assert "Clone" in type(fused.token_rows(x).grad_fn).__name__
+    t = torch.randn(1, 5, 3, requires_grad=True)
+    norm = torch.nn.LayerNorm(3)
+    assert "NativeLayerNorm" in type(fused.token_layer_norm(t, norm, t, torch.ones(1)).grad_fn).__name__

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmamba.kernels.fused import token_rows
+from medmamba.kernels.fused import token_layer_norm, token_rows
 
 from .common import DWSepConv3d, block_call, group_norm, linear_to_channels
 from .mamba import MambaMixer
@@ -38,8 +38,8 @@ class RVMLayer(nn.Module):
         # as a contiguous map) and none out: the projection writes channel-major maps, which the GroupNorms,
         # pools and convs around the layer want.
         t = token_rows(x)
-        y = self.mixer(self.norm(t)) + self.skip_scale * t
-        return linear_to_channels(self.norm(y), self.proj, x.shape[2:])
+        y = self.mixer(token_layer_norm(t, self.norm))
+        return linear_to_channels(token_layer_norm(y, self.norm, t, self.skip_scale), self.proj, x.shape[2:])
 
 
 class ResMambaBlock(nn.Module):
