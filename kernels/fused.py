@@ -249,32 +249,43 @@ def linear_channels(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return _linear_channels(t, weight, bias)
 
 
-class _TokenRows(torch.autograd.Function):
+class _SwapRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.shape = x.shape
-        return load_fused().transpose_rows(x.view(x.shape[0], x.shape[1], -1))
+        return load_fused().transpose_rows(x)
 
     @staticmethod
     def backward(ctx, g):
-        return load_fused().transpose_rows(g.contiguous()).view(ctx.shape)
+        return load_fused().transpose_rows(g.contiguous())
+
+
+def swap_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x.transpose(1, 2).contiguous()` for x (b, R, S) whose rows are contiguous (any row stride), with the
+    gradient returned contiguous.
+
+    Why: PyTorch's transposing copy is ~4-9x a plain copy, and where a transposed view is used instead, autograd
+    hands back a transposed view as the gradient, which every op before it then reads strided: on LightM-UNet's
+    (2, 32, 40, 56, 40) maps (2 threads) ReLU's backward took 17.6 ms instead of 1.4 and GroupNorm's backward
+    copied its input first; on VM-UNet's maps SiLU's backward took ~6x its time. Both directions here are one
+    tiled copy (csrc/fused_ops.cpp). Other dtypes or devices, and MEDMAMBA_FUSED=0, run the PyTorch expression.
+    """
+    if (fused_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 3
+            and (x.stride(2) == 1 or x.shape[2] == 1) and not torch.is_autocast_enabled("cpu") and fused_available()):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _SwapRows.apply(x)
+        return load_fused().transpose_rows(x)
+    return x.transpose(1, 2).contiguous()
 
 
 def token_rows(x: torch.Tensor) -> torch.Tensor:
-    """`x.flatten(2).transpose(1, 2).contiguous()`: a (b, c, D, H, W) map as contiguous token rows (b, L, c),
-    with the gradient returned as a contiguous map.
+    """A (b, c, D, H, W) map as contiguous token rows (b, L, c) in raster order (`swap_rows`: why)."""
+    return swap_rows(x.flatten(2))
 
-    Why: PyTorch's transposing copy is ~6x a plain copy, and autograd hands the map a transposed view as its
-    gradient, which every op before it (ReLU's backward, GroupNorm's, the residual sums) then reads strided:
-    on LightM-UNet's (2, 32, 40, 56, 40) maps (2 threads) ReLU's backward took 17.6 ms instead of 1.4 and
-    GroupNorm's backward copied its input first. Here both directions are one tiled copy (csrc/fused_ops.cpp).
-    Other layouts, dtypes or devices, and MEDMAMBA_FUSED=0, run the PyTorch expression.
-    """
-    if _compiled_map_op(x):  # a contiguous fp32 (b, c, D, H, W) map on the CPU
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _TokenRows.apply(x)
-        return load_fused().transpose_rows(x.view(x.shape[0], x.shape[1], -1))
-    return x.flatten(2).transpose(1, 2).contiguous()
+
+def channels_first(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last (b, D, H, W, c) map (e.g. one half of a projection) as a contiguous (b, c, D, H, W) map,
+    for the depthwise convs and scans that read channel-major maps (`swap_rows`: why)."""
+    return swap_rows(x.flatten(1, -2)).view(x.shape[0], x.shape[-1], *x.shape[1:-1])
 
 
 class _TokenNorm(torch.autograd.Function):

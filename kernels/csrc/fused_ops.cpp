@@ -420,11 +420,12 @@ torch::Tensor upsample_trilinear_bwd(torch::Tensor g, int64_t D, int64_t H, int6
   return dx;
 }
 
-// out[b, s, r] = x[b, r, s] for a contiguous (b, R, S) tensor: the copy between a channel-major map (b, c, L)
-// and token-major rows (b, L, c), either way. PyTorch's strided copy_ walks one side element by element: 4.7 /
-// 12 ms there and back at LightM-UNet's full resolution (2 threads) against 1.3 ms for a plain copy; here 8 x 8
-// tiles are transposed in registers (AVX; scalar where the tile is cut or the build has no AVX2), 2.3 ms both
-// ways. Threads take (batch, block of 32 destination rows).
+// out[b, s, r] = x[b, r, s] for a (b, R, S) tensor with contiguous rows (any row and batch strides, e.g. one half
+// of a projection's output): the copy between channel-major maps (b, c, L) and token-major rows (b, L, c), either
+// way. PyTorch's strided copy_ walks one side element by element: 4.7 / 12 ms there and back at LightM-UNet's
+// full resolution (2 threads) against 1.3 ms for a plain copy; here 8 x 8 tiles are transposed in registers
+// (AVX; scalar where the tile is cut or the build has no AVX2), 2.3 ms both ways. Threads take (batch, block of
+// 32 destination rows).
 #if defined(__AVX2__)
 inline void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
   __m256 r[8], t[8];
@@ -450,9 +451,9 @@ inline void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
 #endif
 
 torch::Tensor transpose_rows(torch::Tensor x) {
-  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
-              "x: contiguous float32 (b, R, S)");
-  const int64_t nb = x.size(0), R = x.size(1), S = x.size(2);
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat32 && (x.stride(2) == 1 || x.size(2) == 1),
+              "x: float32 (b, R, S) with contiguous rows");
+  const int64_t nb = x.size(0), R = x.size(1), S = x.size(2), sb = x.stride(0), sr = x.stride(1);
   auto out = torch::empty({nb, S, R}, x.options());
   constexpr int64_t kBlock = 32;
   const int64_t blocks = (S + kBlock - 1) / kBlock;
@@ -461,19 +462,19 @@ torch::Tensor transpose_rows(torch::Tensor x) {
 #pragma omp parallel for schedule(static) collapse(2)
   for (int64_t b = 0; b < nb; ++b) {
     for (int64_t j = 0; j < blocks; ++j) {
-      const float* src = xp + b * R * S;
+      const float* src = xp + b * sb;
       float* dst = op + b * S * R;
       const int64_t s0 = j * kBlock, s1 = std::min(S, s0 + kBlock);
       int64_t s = s0;
 #if defined(__AVX2__)
       const int64_t r_full = R - R % 8;
       for (; s + 8 <= s1; s += 8)
-        for (int64_t r = 0; r < r_full; r += 8) transpose8x8(src + r * S + s, S, dst + s * R + r, R);
-      for (int64_t q = s0; q < s; ++q)  // the channels of a cut tile
-        for (int64_t r = r_full; r < R; ++r) dst[q * R + r] = src[r * S + q];
+        for (int64_t r = 0; r < r_full; r += 8) transpose8x8(src + r * sr + s, sr, dst + s * R + r, R);
+      for (int64_t q = s0; q < s; ++q)  // the rows of a cut tile
+        for (int64_t r = r_full; r < R; ++r) dst[q * R + r] = src[r * sr + q];
 #endif
-      for (; s < s1; ++s)  // the tokens of a cut tile
-        for (int64_t r = 0; r < R; ++r) dst[s * R + r] = src[r * S + s];
+      for (; s < s1; ++s)  // the columns of a cut tile
+        for (int64_t r = 0; r < R; ++r) dst[s * R + r] = src[r * sr + s];
     }
   }
   return out;
@@ -734,7 +735,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("max_pool3d_fwd", &max_pool3d_fwd, "max pooling, stride = kernel, of a contiguous 5D map: out, indices");
   m.def("upsample_trilinear_fwd", &upsample_trilinear_fwd, "trilinear resize, align_corners=False, contiguous 5D");
   m.def("upsample_trilinear_bwd", &upsample_trilinear_bwd, "its backward: the input gradient");
-  m.def("transpose_rows", &transpose_rows, "out[b, s, r] = x[b, r, s], contiguous (b, R, S) -> (b, S, R)");
+  m.def("transpose_rows", &transpose_rows, "out[b, s, r] = x[b, r, s]: (b, R, S) with contiguous rows -> contiguous (b, S, R)");
   m.def("token_norm_fwd", &token_norm_fwd, "LayerNorm over the channels of token rows, of x or x + s * skip");
   m.def("token_norm_bwd", &token_norm_bwd, "its backward: dx, dskip, ds, dw, db (y recomputed)");
   m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)");

@@ -248,13 +248,27 @@ def test_token_rows_transposes_both_ways(shape):
     comes back as a contiguous map equal to the transposed view autograd would give."""
     x = torch.randn(*shape, requires_grad=True)
     t = fused.token_rows(x)
-    assert type(t.grad_fn).__name__ == "_TokenRowsBackward"
+    assert type(t.grad_fn).__name__ == "_SwapRowsBackward"
     assert t.is_contiguous() and torch.equal(t, x.detach().flatten(2).transpose(1, 2))
     g = torch.randn_like(t)
     t.backward(g)
     assert x.grad.is_contiguous() and torch.equal(x.grad, g.transpose(1, 2).reshape(shape))
     with torch.no_grad():  # no autograd node, same rows
         assert torch.equal(fused.token_rows(x), t)
+
+
+@pytest.mark.parametrize("spatial,c", [((4, 5, 6), 16), ((3, 3, 5), 9)])
+def test_channels_first_of_a_projection_half(spatial, c):
+    """One half of a channels-last projection output (rows strided by 2c) as a contiguous channel-major map;
+    its gradient comes back contiguous and lands in that half only."""
+    y = torch.randn(2, *spatial, 2 * c, requires_grad=True)
+    u = y[..., :c]
+    m = fused.channels_first(u)
+    assert m.is_contiguous() and m.shape == (2, c, *spatial)
+    assert torch.equal(m, u.detach().permute(0, 4, 1, 2, 3))
+    g = torch.randn_like(m)
+    m.backward(g)
+    assert torch.equal(y.grad[..., :c], g.permute(0, 2, 3, 4, 1)) and not y.grad[..., c:].any()
 
 
 @pytest.mark.parametrize("c,skip", [(32, True), (32, False), (17, True), (256, False)])

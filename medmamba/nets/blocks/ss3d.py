@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import build_routes
+from medmamba.kernels.fused import channels_first, swap_rows
 from medmamba.kernels.route_ops import inverse_routes
 from medmamba.kernels.routed_scan import routed_selective_scan
 
@@ -78,6 +79,6 @@ class SS3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, D, H, W, c) channels-last."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(u.permute(0, 4, 1, 2, 3)))
+        u = F.silu(self.conv(channels_first(u)))  # contiguous: so are the gradients of the conv and the scan
         y = self.scan(u).sum(1)  # (b, c, l)
-        return self.out_proj(norm_gate(self.out_norm, y.transpose(1, 2), z))
+        return self.out_proj(norm_gate(self.out_norm, swap_rows(y), z))
