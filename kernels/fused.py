@@ -1,6 +1,7 @@
 """Fused CPU kernels around the scan: causal depthwise conv1d + SiLU, a projection split without a cat, and
 layout-aware ops for the maps around token mixers (depthwise 3D conv gradients, max pooling, trilinear
-up-sampling, a Linear that writes channel-major).
+up-sampling, a Linear that writes channel-major, transposing copies between maps and token rows, a LayerNorm
+over token rows with a scaled skip).
 
 Why: in a Mamba mixer on a CPU the scan is near its floor; the time goes to memory traffic around it. The
 causal conv as PyTorch ops (pad, k shifted multiply-adds, SiLU) writes ~k+2 full-size temporaries forward
@@ -9,8 +10,8 @@ buffer before one GEMM. Here the conv is one C++/OpenMP pass each way (csrc/fuse
 cached next to the scan kernel, keyed by source hash), and the split projection's backward runs one GEMM
 per half, writing straight into the halves of a single weight gradient. Around the mixers, PyTorch's CPU
 pooling and resampling of channel-first maps are several times slower than of channels-last ones, and a
-token-major Linear output viewed as a map is copied by every op after it; the ops below keep maps
-channel-major and contiguous and do those steps row by row.
+token-major Linear output viewed as a map is copied by every op after it, as is a transposed view's gradient;
+the ops below keep maps channel-major and token rows contiguous, both ways, and do those steps row by row.
 
 The mathematics is unchanged (same parameters, same state_dict keys); `MEDMAMBA_FUSED=0` turns all of them off
 (the PyTorch formulation runs), which is how before/after are measured in one run.
@@ -266,7 +267,7 @@ def swap_rows(x: torch.Tensor) -> torch.Tensor:
     Why: PyTorch's transposing copy is ~4-9x a plain copy, and where a transposed view is used instead, autograd
     hands back a transposed view as the gradient, which every op before it then reads strided: on LightM-UNet's
     (2, 32, 40, 56, 40) maps (2 threads) ReLU's backward took 17.6 ms instead of 1.4 and GroupNorm's backward
-    copied its input first; on VM-UNet's maps SiLU's backward took ~6x its time. Both directions here are one
+    copied its input first; on VM-UNet's maps SiLU's backward took ~3.5x its time. Both directions here are one
     tiled copy (csrc/fused_ops.cpp). Other dtypes or devices, and MEDMAMBA_FUSED=0, run the PyTorch expression.
     """
     if (fused_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 3
