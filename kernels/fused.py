@@ -398,6 +398,18 @@ def upsample_trilinear(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Ten
     return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
 
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: list[int]) -> torch.Tensor:
+    """Depthwise F.conv3d (stride 1, padding `pad`); a contiguous fp32 map on the CPU runs the compiled kernel.
+
+    Why: mkldnn reorders a channel-first map before its depthwise conv and takes 21.9 ms on LightM-UNet's
+    (2, 32, 40, 56, 40) maps at 2 threads, for 0.3 GFLOP; the compiled kernel (csrc/fused_ops.cpp) works on
+    the rows in place. Other layouts (VM-UNet's channels-last maps, which mkldnn takes as they are) and
+    MEDMAMBA_FUSED=0 run F.conv3d."""
+    if _compiled_map_op(x) and weight.dtype == torch.float32:
+        return load_fused().depthwise_conv3d_fwd(x, weight.contiguous(), bias if bias is not None else _EMPTY)
+    return F.conv3d(x, weight, bias, 1, pad, 1, x.shape[1])
+
+
 class _DepthwiseConv3d(torch.autograd.Function):
     """Depthwise 3D conv, stride 1, 'same' padding (odd kernel), whose input gradient runs through the forward
     kernel as a conv with the flipped kernel (the adjoint of a 'same' correlation), and whose weight and bias
@@ -410,7 +422,7 @@ class _DepthwiseConv3d(torch.autograd.Function):
         ctx.pad = [k // 2 for k in weight.shape[2:]]
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight)
-        return F.conv3d(x, weight, bias, 1, ctx.pad, 1, x.shape[1])
+        return _depthwise(x, weight, bias, ctx.pad)
 
     @staticmethod
     def backward(ctx, g):
@@ -418,7 +430,7 @@ class _DepthwiseConv3d(torch.autograd.Function):
         groups = x.shape[1]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = F.conv3d(g, weight.flip(2, 3, 4), None, 1, ctx.pad, 1, groups)
+            dx = _depthwise(g.contiguous(), weight.flip(2, 3, 4), None, ctx.pad)
         need_w, need_b = ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
         if (need_w or need_b) and x.dtype == torch.float32 and g.dtype == torch.float32 and fused_available():
             dw, db = load_fused().depthwise_conv3d_wgrad(x.contiguous(), g.contiguous(), *weight.shape[2:])
@@ -433,10 +445,10 @@ class _DepthwiseConv3d(torch.autograd.Function):
 
 def depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise (groups = channels) 3D conv, stride 1, padding k // 2 per axis, odd kernel sizes; weight
-    (c, 1, kd, kh, kw). With MEDMAMBA_FUSED=0, off the CPU or when no gradient is needed, it is plain F.conv3d."""
+    (c, 1, kd, kh, kw). With MEDMAMBA_FUSED=0 or off the CPU it is plain F.conv3d."""
     if not all(k % 2 for k in weight.shape[2:]) or weight.shape[0] != x.shape[1] or weight.shape[1] != 1:
         raise ValueError(f"depthwise_conv3d needs odd kernels and weight (c, 1, k, k, k), got {tuple(weight.shape)}")
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if fused_enabled() and x.device.type == "cpu" and needs_grad:
         return _DepthwiseConv3d.apply(x, weight, bias)
-    return F.conv3d(x, weight, bias, 1, [k // 2 for k in weight.shape[2:]], 1, x.shape[1])
+    return _depthwise(x, weight, bias, [k // 2 for k in weight.shape[2:]])

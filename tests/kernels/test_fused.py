@@ -140,8 +140,9 @@ def test_depthwise_conv3d_matches_conv3d_in_float64(kernel):
                                           ((1, 3, 3), (2, 2, 3, 6, 9))])
 @pytest.mark.parametrize("bias", [True, False])
 def test_depthwise_conv3d_compiled_weight_grad_matches_float64(kernel, shape, bias):
-    """fp32 takes the compiled weight/bias gradient (rows of 21 and 40: partial and whole vectors, edges on every
-    axis); it must agree with float64 autograd of F.conv3d."""
+    """fp32 takes the compiled forward (also for the input gradient, with the kernel flipped) and weight/bias
+    gradient (rows of 21 and 40: partial and whole vectors, edges on every axis); output and gradients must agree
+    with float64 F.conv3d and its autograd."""
     import torch.nn.functional as F
 
     from medmamba.kernels.fused import depthwise_conv3d
@@ -163,6 +164,9 @@ def test_depthwise_conv3d_compiled_weight_grad_matches_float64(kernel, shape, bi
     got = grads(depthwise_conv3d, torch.float32)
     for a, r in zip(got, want, strict=True):
         torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+    with torch.no_grad():  # the compiled forward alone (inference)
+        out = depthwise_conv3d(x.float(), w.float(), b.float() if bias else None)
+    torch.testing.assert_close(out.double(), F.conv3d(x, w, b, 1, pad, 1, c), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,kernel", [((2, 3, 8, 10, 12), (2, 2, 2)), ((1, 2, 9, 7, 5), (2, 2, 1)),
