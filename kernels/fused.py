@@ -401,10 +401,10 @@ def upsample_trilinear(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Ten
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: list[int]) -> torch.Tensor:
     """Depthwise F.conv3d (stride 1, padding `pad`); a contiguous fp32 map on the CPU runs the compiled kernel.
 
-    Why: mkldnn reorders a channel-first map before its depthwise conv and takes 21.9 ms on LightM-UNet's
-    (2, 32, 40, 56, 40) maps at 2 threads, for 0.3 GFLOP; the compiled kernel (csrc/fused_ops.cpp) works on
-    the rows in place. Other layouts (VM-UNet's channels-last maps, which mkldnn takes as they are) and
-    MEDMAMBA_FUSED=0 run F.conv3d."""
+    Why: mkldnn reorders a channel-first map before its depthwise conv and takes 18-22 ms on LightM-UNet's
+    (2, 32, 40, 56, 40) maps at 2 threads, for 0.3 GFLOP; the compiled kernel (csrc/fused_ops.cpp) takes 7.2 ms on
+    zero-bordered planes. Other layouts (MHS-VM's channels-last views, which mkldnn takes as they are), other
+    dtypes or devices, and MEDMAMBA_FUSED=0 run F.conv3d."""
     if _compiled_map_op(x) and weight.dtype == torch.float32:
         return load_fused().depthwise_conv3d_fwd(x, weight.contiguous(), bias if bias is not None else _EMPTY)
     return F.conv3d(x, weight, bias, 1, pad, 1, x.shape[1])
