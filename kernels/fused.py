@@ -320,16 +320,15 @@ def token_layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm, skip: torch.Tens
     if skip is not None and skip_scale is None:
         raise ValueError("token_layer_norm: a skip needs its skip_scale")
     weight, bias = norm.weight, norm.bias
-    extra = (skip, skip_scale) if skip is not None and skip_scale is not None else (_EMPTY, _EMPTY)
-    tensors = (x, *extra) + ((weight, bias) if weight is not None and bias is not None else ())
-    if (fused_enabled() and x.device.type == "cpu" and len(tensors) == 5 and len(norm.normalized_shape) == 1
-            and all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-            and (skip is None or (extra[0].shape == x.shape and extra[1].numel() == 1))
+    skip_t, scale_t = (skip, skip_scale) if skip is not None and skip_scale is not None else (_EMPTY, _EMPTY)
+    if (fused_enabled() and weight is not None and bias is not None and len(norm.normalized_shape) == 1
+            and x.device.type == "cpu" and (skip is None or (skip_t.shape == x.shape and scale_t.numel() == 1))
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in (x, skip_t, scale_t, weight, bias))
             and not torch.is_autocast_enabled("cpu") and fused_available()):
-        if training_call(tensors):
-            return _TokenNorm.apply(x, weight, bias, norm.eps, *extra)
-        s = float(extra[1]) if skip is not None else 0.0
-        return load_fused().token_norm_fwd(x, extra[0], s, weight, bias, norm.eps)[0]
+        if training_call((x, skip_t, scale_t, weight, bias)):
+            return _TokenNorm.apply(x, weight, bias, norm.eps, skip_t, scale_t)
+        s = float(scale_t) if skip_t.numel() else 0.0
+        return load_fused().token_norm_fwd(x, skip_t, s, weight, bias, norm.eps)[0]
     return norm(x) if skip is None or skip_scale is None else norm(x + skip_scale * skip)
 
 

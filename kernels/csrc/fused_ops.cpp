@@ -193,14 +193,6 @@ std::vector<torch::Tensor> causal_conv_bwd(torch::Tensor x, torch::Tensor weight
   return {dx, dw, db};
 }
 
-// Depthwise 3D conv, stride 1, 'same' padding (odd kernels), of a contiguous (b, c, D, H, W) map:
-//   out[n, c, z, y, i] = bias[c] + sum_{a,b,e} w[c, a, b, e] * x[n, c, z + a - pd, y + b - ph, i + e - pw]
-// A thread copies one plane at a time into a zero-bordered buffer (rows padded to whole vectors; 468 KB at
-// LightM-UNet's full resolution, L2-resident), so that every tap is an unconditional vectorised multiply-add
-// over a whole row: no edge cases, no scalar remainders (rows of 40 floats are 2.5 AVX-512 vectors; cutting
-// them per tap left most of the work scalar); outputs are summed in blocks of 16 (and 8) lanes in registers. Why: mkldnn reorders a channel-first map before its depthwise
-// conv (21.9 ms on (2, 32, 40, 56, 40) at 2 threads, for 0.3 GFLOP). The input gradient is the same conv
-// with the kernel flipped (kernels/fused.py).
 // kLanes outputs of one row of a depthwise conv, summed over all kd * kh * kw taps in registers: src is the
 // padded plane at the output row's first source row, sz / sy the padded plane's slice and row strides.
 template <int64_t kLanes>
@@ -221,6 +213,15 @@ inline void dw_block(const float* src, int64_t sz, int64_t sy, const float* w, i
   for (int64_t l = 0; l < kLanes; ++l) out[l] = v[l];
 }
 
+// Depthwise 3D conv, stride 1, 'same' padding (odd kernels), of a contiguous (b, c, D, H, W) map:
+//   out[n, c, z, y, i] = bias[c] + sum_{a,b,e} w[c, a, b, e] * x[n, c, z + a - pd, y + b - ph, i + e - pw]
+// A thread copies one plane at a time into a zero-bordered buffer (rows padded to whole blocks of 8; 468 KB
+// at LightM-UNet's full resolution, L2-resident), so that every tap is an unconditional vectorised
+// multiply-add: no edge cases, no scalar remainders (rows of 40 floats are 2.5 AVX-512 vectors; cutting them
+// per tap left most of the work scalar). Outputs are summed in blocks of 16 (then 8) lanes in registers.
+// Why: mkldnn reorders a channel-first map before its depthwise conv (18-22 ms on (2, 32, 40, 56, 40) at 2
+// threads, for 0.3 GFLOP; this kernel 7.2 ms). The input gradient is the same conv with the kernel flipped
+// (kernels/fused.py).
 torch::Tensor depthwise_conv3d_fwd(torch::Tensor x, torch::Tensor weight, torch::Tensor bias) {
   TORCH_CHECK(x.dim() == 5 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32 5D");
   TORCH_CHECK(weight.dim() == 5 && weight.size(0) == x.size(1) && weight.size(1) == 1 && weight.is_contiguous() &&
