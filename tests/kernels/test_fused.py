@@ -275,6 +275,42 @@ def test_channels_first_of_a_projection_half(spatial, c):
     assert torch.equal(y.grad[..., :c], g.permute(0, 2, 3, 4, 1)) and not y.grad[..., c:].any()
 
 
+@pytest.mark.parametrize("spatial,c,kernel", [((4, 5, 6), 16, (3, 3, 3)), ((3, 3, 21), 9, (3, 1, 5))])
+@pytest.mark.parametrize("grads", ["all", "input", "bias"])
+def test_channels_first_depthwise_of_a_projection_half(spatial, c, kernel, grads):
+    """The conv of one half of a channels-last projection (SS3D's in_proj) keeps that half (a view of the
+    projection), not a contiguous copy, for its backward; output and every asked gradient (the projection's, in
+    its layout; weight; bias) agree with float64 F.conv3d of the permuted half."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(c)
+    y0 = torch.randn(2, *spatial, 2 * c, generator=gen, dtype=torch.float64)
+    w0 = torch.randn(c, 1, *kernel, generator=gen, dtype=torch.float64)
+    b0 = torch.randn(c, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, c, *spatial, generator=gen, dtype=torch.float64)
+    wants = {"all": (True, True, True), "input": (True, False, False), "bias": (False, False, True)}[grads]
+
+    def run(dtype, conv):
+        leaves = [t.to(dtype).requires_grad_(r) for t, r in zip((y0, w0, b0), wants, strict=True)]
+        out = conv(leaves[0][..., :c], leaves[1], leaves[2])
+        saved = getattr(out.grad_fn, "saved_tensors", None)
+        return out, leaves, saved, torch.autograd.grad(out, [t for t in leaves if t.requires_grad], g.to(dtype))
+
+    pad = [k // 2 for k in kernel]
+    got, leaves, saved, got_g = run(torch.float32, fused.channels_first_depthwise)
+    want, _, _, want_g = run(torch.float64, lambda u, w, b: F.conv3d(u.permute(0, 4, 1, 2, 3), w, b, 1, pad, 1, c))
+    assert type(got.grad_fn).__name__ == "_ChannelsFirstDepthwiseBackward" and got.is_contiguous()
+    assert saved[0].data_ptr() == leaves[0].data_ptr() and not saved[0].is_contiguous()  # the view, not a copy
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for a, r in zip(got_g, want_g, strict=True):
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max())
+    if wants[0]:
+        assert not got_g[0][..., c:].any()
+    with torch.no_grad():  # inference: no autograd node, same values
+        out = fused.channels_first_depthwise(leaves[0][..., :c], leaves[1], leaves[2])
+    assert out.grad_fn is None and torch.equal(out, got.detach())
+
+
 @pytest.mark.parametrize("c,skip", [(32, True), (32, False), (17, True), (256, False)])
 def test_token_layer_norm_matches_float64(c, skip):
     """LN(x + s * skip) (or LN(x)) over token rows and every gradient (x, weight, bias, skip, s) as float64
@@ -315,6 +351,8 @@ def test_layout_ops_fall_back_without_fused(monkeypatch):
     assert "UpsampleTrilinear3D" in type(fused.upsample_trilinear(x, (8, 8, 8)).grad_fn).__name__
     assert not fused.linear_channels(torch.randn(1, 5, 3), torch.randn(4, 3)).is_contiguous()
     assert "Clone" in type(fused.token_rows(x).grad_fn).__name__
+    half = torch.randn(1, 4, 4, 4, 4, requires_grad=True)[..., :2]
+    assert "Convolution" in type(fused.channels_first_depthwise(half, torch.ones(2, 1, 3, 3, 3)).grad_fn).__name__
     t = torch.randn(1, 5, 3, requires_grad=True)
     norm = torch.nn.LayerNorm(3)
     assert "NativeLayerNorm" in type(fused.token_layer_norm(t, norm, t, torch.ones(1)).grad_fn).__name__

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmamba.kernels import build_routes
-from medmamba.kernels.fused import channels_first, swap_rows
+from medmamba.kernels.fused import channels_first_depthwise, swap_rows
 from medmamba.kernels.route_ops import inverse_routes
 from medmamba.kernels.routed_scan import routed_selective_scan
 
@@ -79,6 +79,6 @@ class SS3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, D, H, W, c) channels-last."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(channels_first(u)))  # contiguous: so are the gradients of the conv and the scan
+        u = F.silu(channels_first_depthwise(u, self.conv.weight, self.conv.bias))  # contiguous, so are its gradients
         y = self.scan(u).sum(1)  # (b, c, l)
         return self.out_proj(norm_gate(self.out_norm, swap_rows(y), z))
