@@ -31,45 +31,63 @@ _EMPTY = torch.empty(0)
 
 
 class _RoutedScan(torch.autograd.Function):
+    """One batch item at a time, both ways: the route copies of the map, the projections and the scan's output
+    and gradients (~25 floats per channel and voxel at K = 6, rank 4, N = 16) then exist for one item only. At
+    VM-UNet's batch of 7 they were the step's peak (~0.8 GB above the kept activations); the scan still has
+    K * c channels of one item to spread over the threads (48 blocks of 16 at c = 128)."""
+
     @staticmethod
     def forward(ctx, x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, training):
         gather, scan = load_fused(), load_extension()
         b, c, length = x.shape
         K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
-        seq = gather.route_gather(x.unsqueeze(1), routes)  # (b, K, c, l) in route order
-        # (b, K, l, r+2N): B and C come out as (b, K, N, l) views with the state contiguous, as the scan reads them
-        proj = torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2))
-        dt, B, C = _split(proj, r, n)
-        # delta = dt_proj[k] @ dt + bias is formed inside the scan (low-rank delta, groups = routes)
-        y, _, ckpt = scan.scan_fwd(seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY,
-                                   dt_bias.reshape(-1), True, training, dt_proj.reshape(K * c, r))
-        del seq, proj, dt, B, C
-        ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, ckpt)
-        return gather.route_gather(y.view(b, K, c, length), inverse)
+        out = x.new_empty(b, K, c, length)
+        ckpts = []
+        for i in range(b):
+            seq = gather.route_gather(x[i:i + 1].unsqueeze(1), routes)  # (1, K, c, l) in route order
+            # (1, K, l, r+2N): B and C come out as (1, K, N, l) views with the state contiguous, as the scan reads
+            dt, B, C = _split(torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2)), r, n)
+            # delta = dt_proj[k] @ dt + bias is formed inside the scan (low-rank delta, groups = routes)
+            y, _, ckpt = scan.scan_fwd(seq.view(1, K * c, length), dt.view(1, K * r, length), A, B, C, D, _EMPTY,
+                                       dt_bias.reshape(-1), True, training, dt_proj.reshape(K * c, r))
+            del seq, dt, B, C
+            gather.route_gather(y.view(1, K, c, length), inverse, out=out[i:i + 1])
+            ckpts.append(ckpt)
+        ctx.save_for_backward(x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, *ckpts)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, ckpt = ctx.saved_tensors
+        x, routes, inverse, x_proj, dt_proj, dt_bias, A, D, *ckpts = ctx.saved_tensors
         gather, scan = load_fused(), load_extension()
         b, c, length = x.shape
         K, r, n = routes.shape[0], dt_proj.shape[-1], A.shape[1]
-        dy = gather.route_gather(g, routes)  # the adjoint of reading back along the inverse routes
-        seq = gather.route_gather(x.unsqueeze(1), routes)  # recomputed, not saved
-        dt, B, C = _split(torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2)), r, n)  # so are these
-        du, _, dA, dB, dC, dD, _, dbias, _, ddt, d_dt_proj = scan.scan_bwd(
-            seq.view(b, K * c, length), dt.view(b, K * r, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1), True,
-            ckpt, dy.view(b, K * c, length), False, dt_proj.reshape(K * c, r))
-        del dy
-        dproj = dt.new_empty(b, K, length, r + 2 * n)  # dB, dC and d dt come back as (b, K, l, .)
-        dproj[..., :r] = ddt
-        dproj[..., r:r + n] = dB
-        dproj[..., r + n:] = dC
-        d_x_proj = torch.matmul(dproj.transpose(-1, -2), seq.transpose(-1, -2)).sum(0)  # (K, r+2N, c)
-        del seq
-        dseq = du.view(b, K, c, length)
-        dseq += torch.matmul(x_proj.transpose(-1, -2), dproj.transpose(-1, -2))
-        dx = gather.route_gather_sum(dseq, inverse)
-        return dx, None, None, d_x_proj, d_dt_proj.view(K, c, r), dbias.view(K, c), dA, dD, None
+        dx = x.new_empty(b, c, length)
+        sums: list[torch.Tensor] = []  # d x_proj, d dt_proj, d bias, dA, dD over the items
+        for i in range(b):
+            dy = gather.route_gather(g[i:i + 1], routes)  # the adjoint of reading back along the inverse routes
+            seq = gather.route_gather(x[i:i + 1].unsqueeze(1), routes)  # recomputed, not saved
+            dt, B, C = _split(torch.matmul(seq.transpose(-1, -2), x_proj.transpose(-1, -2)), r, n)  # so are these
+            du, _, dA, dB, dC, dD, _, dbias, _, ddt, d_dt_proj = scan.scan_bwd(
+                seq.view(1, K * c, length), dt.view(1, K * r, length), A, B, C, D, _EMPTY, dt_bias.reshape(-1),
+                True, ckpts[i], dy.view(1, K * c, length), False, dt_proj.reshape(K * c, r))
+            del dy
+            dproj = dt.new_empty(1, K, length, r + 2 * n)  # dB, dC and d dt come back as (1, K, l, .)
+            dproj[..., :r] = ddt
+            dproj[..., r:r + n] = dB
+            dproj[..., r + n:] = dC
+            d_x_proj = torch.matmul(dproj.transpose(-1, -2), seq.transpose(-1, -2))[0]  # (K, r+2N, c)
+            del seq
+            dseq = du.view(1, K, c, length)
+            dseq += torch.matmul(x_proj.transpose(-1, -2), dproj.transpose(-1, -2))
+            gather.route_gather_sum(dseq, inverse, out=dx[i:i + 1])
+            item = (d_x_proj, d_dt_proj.view(K, c, r), dbias.view(K, c), dA, dD)
+            if sums:
+                for total, part in zip(sums, item, strict=True):
+                    total += part
+            else:
+                sums = list(item)
+        return dx, None, None, *sums, None
 
 
 def _split(proj: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

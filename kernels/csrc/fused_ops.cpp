@@ -736,12 +736,21 @@ void gather_rows(const float* src, int64_t sr, int64_t sl, const int64_t* idx, i
 
 // Route gathers of multi-route scans. out[b, k, ch, i] = x[b, k or 0, ch, index[k, i]]: every (b, k, ch) row
 // gathers from one row of x (l floats, cache-resident) with the same index row, i.e. a permutation read.
-torch::Tensor route_gather(torch::Tensor x, torch::Tensor index) {
+// An output given by the caller (a contiguous float32 tensor of the result's shape, e.g. one batch item's
+// slice of a larger result) is written in place; else a new one is returned.
+torch::Tensor output_like(const std::optional<torch::Tensor>& given, at::IntArrayRef shape, const torch::Tensor& x) {
+  if (!given.has_value()) return torch::empty(shape, x.options());
+  TORCH_CHECK(given->sizes() == shape && given->is_contiguous() && given->scalar_type() == torch::kFloat32,
+              "out must be a contiguous float32 tensor of the result's shape");
+  return *given;
+}
+
+torch::Tensor route_gather(torch::Tensor x, torch::Tensor index, std::optional<torch::Tensor> given) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "x must be float32 (b, K or 1, c, l)");
   TORCH_CHECK(index.dim() == 2 && index.scalar_type() == torch::kInt64 && index.is_contiguous(), "bad index");
   const int64_t nb = x.size(0), kx = x.size(1), c = x.size(2), l = x.size(3), K = index.size(0);
   TORCH_CHECK(index.size(1) == l && (kx == 1 || kx == K), "index does not match x");
-  auto out = torch::empty({nb, K, c, l}, x.options());
+  auto out = output_like(given, {nb, K, c, l}, x);
   const float* xp = x.data_ptr<float>();
   const int64_t sb = x.stride(0), sk = kx == 1 ? 0 : x.stride(1), sc = x.stride(2), sl = x.stride(3);
   const int64_t* ip = index.data_ptr<int64_t>();
@@ -779,12 +788,12 @@ torch::Tensor route_gather(torch::Tensor x, torch::Tensor index) {
 }
 
 // sum_k of route_gather(g, index)[:, k]: the adjoint of reading one map along K routes (index = the inverses)
-torch::Tensor route_gather_sum(torch::Tensor g, torch::Tensor index) {
+torch::Tensor route_gather_sum(torch::Tensor g, torch::Tensor index, std::optional<torch::Tensor> given) {
   TORCH_CHECK(g.dim() == 4 && g.scalar_type() == torch::kFloat32, "g must be float32 (b, K, c, l)");
   TORCH_CHECK(index.dim() == 2 && index.scalar_type() == torch::kInt64 && index.is_contiguous(), "bad index");
   const int64_t nb = g.size(0), K = g.size(1), c = g.size(2), l = g.size(3);
   TORCH_CHECK(index.size(0) == K && index.size(1) == l, "index does not match g");
-  auto out = torch::empty({nb, c, l}, g.options());
+  auto out = output_like(given, {nb, c, l}, g);
   const float* gp = g.data_ptr<float>();
   const int64_t sb = g.stride(0), sk = g.stride(1), sc = g.stride(2), sl = g.stride(3);
   const int64_t* ip = index.data_ptr<int64_t>();
@@ -814,6 +823,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("transpose_rows", &transpose_rows, "out[b, s, r] = x[b, r, s]: (b, R, S) with contiguous rows -> contiguous (b, S, R)");
   m.def("token_norm_fwd", &token_norm_fwd, "LayerNorm over the channels of token rows, of x or x + s * skip");
   m.def("token_norm_bwd", &token_norm_bwd, "its backward: dx, dskip, ds, dw, db (y recomputed)");
-  m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)");
-  m.def("route_gather_sum", &route_gather_sum, "sum_k g[b,k,c,index[k,i]]: adjoint of reading along K routes");
+  m.def("route_gather", &route_gather, "out[b,k,c,i] = x[b,k|0,c,index[k,i]] (multi-route scans, CPU)",
+        py::arg("x"), py::arg("index"), py::arg("out") = py::none());
+  m.def("route_gather_sum", &route_gather_sum, "sum_k g[b,k,c,index[k,i]]: adjoint of reading along K routes",
+        py::arg("g"), py::arg("index"), py::arg("out") = py::none());
 }

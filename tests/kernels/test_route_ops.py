@@ -63,3 +63,27 @@ def test_route_scan_of_token_major_input(dtype):
     assert torch.equal(route_scan(x, routes, inverse), route_scan(x.contiguous(), routes, inverse))
     assert torch.equal(route_scan(x, routes, inverse), cross_scan(x, routes))
 
+
+
+def test_compiled_gathers_write_into_a_given_output():
+    """The routed scan runs one batch item at a time and has the gathers write straight into that item's slice
+    of the result: same values as a returned tensor; an output of the wrong shape or layout is refused."""
+    from medmamba.kernels.fused import fused_available, load_fused
+
+    if not fused_available():
+        pytest.skip("no compiler for the fused kernels")
+    ext = load_fused()
+    shape, kinds = (3, 4, 5), ("raster_dhw", "snake", "raster_wdh_rev")
+    routes = build_routes(shape, kinds)
+    x = torch.randn(3, 1, 11, 60)
+    g = torch.randn(3, 3, 11, 60)
+    out, total = torch.full((3, 3, 11, 60), float("nan")), torch.full((3, 11, 60), float("nan"))
+    for i in range(3):
+        assert ext.route_gather(x[i:i + 1], routes, out=out[i:i + 1]).data_ptr() == out[i:i + 1].data_ptr()
+        ext.route_gather_sum(g[i:i + 1], routes, out=total[i:i + 1])
+    assert torch.equal(out, ext.route_gather(x, routes))
+    assert torch.equal(total, ext.route_gather_sum(g, routes))
+    with pytest.raises(RuntimeError, match="out must be a contiguous float32 tensor of the result's shape"):
+        ext.route_gather(x[:1], routes, out=out[:2])
+    with pytest.raises(RuntimeError, match="out must be"):
+        ext.route_gather_sum(g[:1], routes, out=total[:1].transpose(1, 2).contiguous().transpose(1, 2))
