@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .blocks.common import triple
+from .blocks.common import recomputed, triple
 from .blocks.patch import PatchExpand3D, PatchMerging3D
 from .blocks.ss3d import DEFAULT_ROUTES, SS3D
 from .blocks.vss import VSSBlock
@@ -87,4 +87,9 @@ class Decoder(SkipDecoder):
         return self.heads[level](x).permute(0, 4, 1, 2, 3)
 
     def final(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_head(self.final_expand(x)).permute(0, 4, 1, 2, 3)
+        # redone in the backward from x, one batch item at a time: its full-resolution maps (the expanded grid,
+        # its norm, their gradients) are the largest activations of the network and cheap to recompute
+        return torch.cat([recomputed(self._final, x[i:i + 1]) for i in range(x.shape[0])]).permute(0, 4, 1, 2, 3)
+
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_head(self.final_expand(x))

@@ -118,6 +118,35 @@ def test_output_gate_recomputed_in_the_backward_gives_the_same_gradients():
     _same_values_and_gradients(got, expected, [y, z, norm.weight, norm.bias])
 
 
+def test_ss3d_conv_and_silu_recomputed_in_the_backward_give_the_same_gradients(monkeypatch):
+    """SS3D redoes its depthwise conv + SiLU in the backward from in_proj's half (kept anyway for the gate)
+    instead of keeping the conv's output: same values and gradients, fewer kept tensors."""
+    import medmamba.nets.blocks.ss3d as ss3d
+
+    block = VMUNet(2, 3, False, scan_backend="ref", **PLAN).levels[0][0].mixer.double()
+    x = torch.randn(2, 3, 4, 5, 16, dtype=torch.float64, requires_grad=True)  # (b, D, H, W, c)
+    got, kept = _kept(block, x)
+    monkeypatch.setattr(ss3d, "recomputed", lambda fn, *args: fn(*args))
+    expected, kept_plain = _kept(block, x)
+    assert kept < kept_plain, (kept, kept_plain)
+    _same_values_and_gradients(got, expected, [x, block.conv.weight, block.conv.bias, block.in_proj.weight])
+
+
+def test_final_expansion_recomputed_per_batch_item_gives_the_same_gradients():
+    """The decoder's last patch expansion and head (the network's largest maps) are redone in the backward one
+    batch item at a time: the same output and gradients as the plain modules, within float64 rounding."""
+    dec = VMUNet(2, 3, False, scan_backend="ref", **PLAN).decoder.double()
+    x = torch.randn(3, 2, 4, 4, 16, dtype=torch.float64, requires_grad=True)  # (b, D, H, W, c)
+    got, kept = _kept(dec.final, x)
+    expected, kept_plain = _kept(lambda t: dec.final_head(dec.final_expand(t)).permute(0, 4, 1, 2, 3), x)
+    assert kept < kept_plain, (kept, kept_plain)
+    g = torch.randn_like(got)
+    inputs = [x, dec.final_expand.expand.weight, dec.final_expand.norm.weight, dec.final_head.weight]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(expected, inputs, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("network", ["vm_unet", "mhs_vm"])
 def test_trains_through_the_pipeline(tiny_workspace, network):
