@@ -118,20 +118,6 @@ def test_output_gate_recomputed_in_the_backward_gives_the_same_gradients():
     _same_values_and_gradients(got, expected, [y, z, norm.weight, norm.bias])
 
 
-def test_ss3d_conv_and_silu_recomputed_in_the_backward_give_the_same_gradients(monkeypatch):
-    """SS3D redoes its depthwise conv + SiLU in the backward from in_proj's half (kept anyway for the gate)
-    instead of keeping the conv's output: same values and gradients, fewer kept tensors."""
-    import medmamba.nets.blocks.ss3d as ss3d
-
-    block = VMUNet(2, 3, False, scan_backend="ref", **PLAN).levels[0][0].mixer.double()
-    x = torch.randn(2, 3, 4, 5, 16, dtype=torch.float64, requires_grad=True)  # (b, D, H, W, c)
-    got, kept = _kept(block, x)
-    monkeypatch.setattr(ss3d, "recomputed", lambda fn, *args: fn(*args))
-    expected, kept_plain = _kept(block, x)
-    assert kept < kept_plain, (kept, kept_plain)
-    _same_values_and_gradients(got, expected, [x, block.conv.weight, block.conv.bias, block.in_proj.weight])
-
-
 def test_final_expansion_recomputed_per_batch_item_gives_the_same_gradients():
     """The decoder's last patch expansion and head (the network's largest maps) are redone in the backward one
     batch item at a time: the same output and gradients as the plain modules, within float64 rounding."""

@@ -18,7 +18,7 @@ from medmamba.kernels.fused import channels_first_depthwise, swap_rows
 from medmamba.kernels.route_ops import inverse_routes
 from medmamba.kernels.routed_scan import routed_selective_scan
 
-from .common import DepthwiseConv3d, norm_gate, recomputed
+from .common import DepthwiseConv3d, norm_gate
 from .mamba import a_log_init, dt_bias_init, init_dt_weight_
 
 DEFAULT_ROUTES = ("raster_dhw", "raster_hwd", "raster_wdh", "raster_dhw_rev", "raster_hwd_rev", "raster_wdh_rev")
@@ -79,11 +79,6 @@ class SS3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, D, H, W, c) channels-last."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        # redone in the backward from the half of in_proj (which the gate keeps anyway) instead of keeping the
-        # conv output; contiguous, and so are its gradients
-        u = recomputed(self._conv_silu, u)
+        u = F.silu(channels_first_depthwise(u, self.conv.weight, self.conv.bias))  # contiguous, so are its gradients
         y = self.scan(u).sum(1)  # (b, c, l)
         return self.out_proj(norm_gate(self.out_norm, swap_rows(y), z))
-
-    def _conv_silu(self, u: torch.Tensor) -> torch.Tensor:
-        return F.silu(channels_first_depthwise(u, self.conv.weight, self.conv.bias))
