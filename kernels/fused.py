@@ -432,8 +432,13 @@ class _DepthwiseConv3d(torch.autograd.Function):
 def _depthwise_backward(ctx: Any, x: torch.Tensor, weight: torch.Tensor,
                         g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """(dx, dweight, dbias) of a depthwise conv on the channel-first map x, as `ctx.needs_input_grad` asks."""
-    dx = _depthwise(g.contiguous(), weight.flip(2, 3, 4), None, ctx.pad) if ctx.needs_input_grad[0] else None
+    dx = _depthwise_input_grad(ctx, weight, g) if ctx.needs_input_grad[0] else None
     return dx, *_depthwise_param_grads(ctx, x, weight, g)
+
+
+def _depthwise_input_grad(ctx: Any, weight: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The input gradient of a 'same' depthwise conv: the same conv with the kernel flipped (its adjoint)."""
+    return _depthwise(g.contiguous(), weight.flip(2, 3, 4), None, ctx.pad)
 
 
 def _depthwise_param_grads(ctx: Any, x: torch.Tensor, weight: torch.Tensor,
@@ -483,11 +488,10 @@ class _ChannelsFirstDepthwise(torch.autograd.Function):
         g = g.contiguous()
         # the weight gradient first, so the copy of x is freed before the input gradient's two maps exist
         params = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        dw, db = _depthwise_param_grads(ctx, channels_first(x) if params else x, weight, g)
+        dw, db = _depthwise_param_grads(ctx, channels_first(x), weight, g) if params else (None, None)
         dx = None
         if ctx.needs_input_grad[0]:  # channel-first -> the channels-last layout of x, one tiled copy
-            dx_map = _depthwise(g, weight.flip(2, 3, 4), None, ctx.pad)
-            dx = load_fused().transpose_rows(dx_map.flatten(2)).view(x.shape)
+            dx = load_fused().transpose_rows(_depthwise_input_grad(ctx, weight, g).flatten(2)).view(x.shape)
         return dx, dw, db
 
 
